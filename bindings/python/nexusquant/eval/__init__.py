@@ -1,0 +1,1 @@
+"""Evaluation side: KV quantisers, the scheme registry and the nq-eval harness."""
