@@ -1,0 +1,179 @@
+// The scalar reference of the quantisation pipeline: every other backend and ISA must
+// reproduce the bytes this file writes.
+#include <cstring>
+
+#include "../../src/backend.h"
+#include "../../src/core/vector_codec.h"
+#include "kv_access.h"
+
+namespace nq {
+
+nq_status cpu_scores(const nq_context *ctx, const nq_kv_desc &kv, const nq_score_desc *sc, const int64_t *positions,
+                     float *out, Workspace &ws);
+
+namespace {
+
+// RoPE angles of one position, recomputed only when the position changes.
+struct RopeCache {
+    double inv_freq[kMaxHeadDim / 2];
+    double mscale = 1.0;
+    uint32_t nf = 0;
+    int64_t pos = -1;
+    float c_fwd[kMaxHeadDim / 2], s_fwd[kMaxHeadDim / 2], c_inv[kMaxHeadDim / 2], s_inv[kMaxHeadDim / 2];
+
+    void init(const BlockHeader &h) {
+        RopeSpec spec;
+        spec.pairing = h.rope_pairing;
+        spec.scaling = h.rope_scaling;
+        spec.rotary_dims = h.rotary_dims;
+        spec.original_max_position = h.rope_original_max_position;
+        spec.theta = h.theta;
+        spec.factor = h.factor;
+        spec.low_freq_factor = h.low_freq_factor;
+        spec.high_freq_factor = h.high_freq_factor;
+        spec.beta_fast = h.beta_fast;
+        spec.beta_slow = h.beta_slow;
+        spec.attention_factor = h.attention_factor;
+        rope_inv_freq(spec, h.rope_seq_len, inv_freq, &mscale);
+        nf = h.rotary_dims / 2;
+    }
+    void at(int64_t p) {
+        if (p == pos) return;
+        rope_tables(inv_freq, nf, mscale, p, c_fwd, s_fwd, c_inv, s_inv);
+        pos = p;
+    }
+};
+
+void put_u16(uint8_t *dst, uint16_t v) { std::memcpy(dst, &v, 2); }
+uint16_t get_u16(const uint8_t *src) {
+    uint16_t v;
+    std::memcpy(&v, src, 2);
+    return v;
+}
+
+void store_raw(uint8_t *dst, const float *row, uint32_t D) {
+    for (uint32_t d = 0; d < D; ++d) put_u16(dst + 2 * d, f32_to_f16(row[d]));
+}
+
+bool encode_vector(float *row, uint32_t D, int codec, int bits, uint8_t *scale_dst, uint8_t *code_dst) {
+    hadamard_forward(row, D);
+    uint16_t s;
+    if (!vector_scale(row, D, codec, bits, &s)) return false;
+    put_u16(scale_dst, s);
+    encode_rotated(row, D, codec, bits, s, code_dst);
+    return true;
+}
+
+}  // namespace
+
+nq_status cpu_encode(const nq_context *, const EncodeJob &job, void *) {
+    const BlockHeader &h = *job.h;
+    const BlockGeometry &g = *job.g;
+    const nq_kv_desc &kv = *job.kv;
+    const uint32_t H = h.num_heads, D = h.head_dim, K = h.tokens_kept;
+    const uint32_t s_end = h.fp16_sinks, w_begin = K - h.fp16_window;
+    uint8_t *dst = job.dst;
+    RopeCache rope;
+    const bool unrotate = h.rope_mode == NQ_ROPE_REMOVE;
+    if (unrotate) rope.init(h);
+
+    if (g.pos_rows) {
+        uint8_t *p = dst + g.offset[kSecPositions];
+        for (uint32_t r = 0; r < g.pos_rows; ++r)
+            for (uint32_t j = 0; j < K; ++j) {
+                uint32_t t = job.kept ? job.kept[(size_t)r * K + j] : j;
+                uint32_t pos = (uint32_t)job.positions[t];
+                std::memcpy(p + ((size_t)r * K + j) * 4, &pos, 4);
+            }
+    }
+    float row[kMaxHeadDim];
+    // Token-major order so that one RoPE table serves every head when rows are shared.
+    for (uint32_t j = 0; j < K; ++j) {
+        for (uint32_t hd = 0; hd < H; ++hd) {
+            const uint32_t r = job.kept_rows > 1 ? hd : 0;
+            const uint32_t t = job.kept ? job.kept[(size_t)r * K + j] : j;
+            const bool raw = j < s_end || j >= w_begin;
+            if (raw) {
+                const uint32_t slot = j < s_end ? j : s_end + (j - w_begin);
+                const size_t off = ((size_t)hd * g.raw + slot) * D * 2;
+                load_row(kv.k, kv.dtype, kv.k_layout, hd, t, D, row);
+                store_raw(dst + g.offset[kSecKRaw] + off, row, D);
+                load_row(kv.v, kv.dtype, kv.v_layout, hd, t, D, row);
+                store_raw(dst + g.offset[kSecVRaw] + off, row, D);
+                continue;
+            }
+            const size_t c = (size_t)hd * g.coded + (j - s_end);
+            load_row(kv.k, kv.dtype, kv.k_layout, hd, t, D, row);
+            if (unrotate) {
+                rope.at(job.positions[t]);
+                rope_unrotate(row, h.rope_pairing, h.rotary_dims, rope.c_inv, rope.s_inv);
+            }
+            if (!encode_vector(row, D, h.codec, h.k_bits, dst + g.offset[kSecKScales] + c * 2,
+                               dst + g.offset[kSecKCodes] + c * g.k_code_bytes))
+                return fail(NQ_ERR_INVALID_ARGUMENT, "kv.k: head %u token %u holds inf/nan or values too large for fp32",
+                            hd, t);
+            load_row(kv.v, kv.dtype, kv.v_layout, hd, t, D, row);
+            if (!encode_vector(row, D, h.codec, h.v_bits, dst + g.offset[kSecVScales] + c * 2,
+                               dst + g.offset[kSecVCodes] + c * g.v_code_bytes))
+                return fail(NQ_ERR_INVALID_ARGUMENT, "kv.v: head %u token %u holds inf/nan or values too large for fp32",
+                            hd, t);
+        }
+    }
+    return NQ_OK;
+}
+
+int64_t block_position(const nq_block &b, uint32_t head, uint32_t j) {
+    if (b.g.pos_rows == 0) return (int64_t)b.h.first_position + j;
+    const uint32_t r = b.g.pos_rows > 1 ? head : 0;
+    uint32_t v;
+    std::memcpy(&v, b.data + b.g.offset[kSecPositions] + ((size_t)r * b.h.tokens_kept + j) * 4, 4);
+    return v;
+}
+
+nq_status cpu_decode(const nq_context *, const nq_block &b, uint32_t begin, uint32_t end, const nq_kv_desc &out,
+                     void *) {
+    const BlockHeader &h = b.h;
+    const BlockGeometry &g = b.g;
+    const uint32_t H = h.num_heads, D = h.head_dim, K = h.tokens_kept;
+    const uint32_t s_end = h.fp16_sinks, w_begin = K - h.fp16_window;
+    const uint8_t *src = b.data;
+    RopeCache rope;
+    const bool rotate = h.rope_mode == NQ_ROPE_REMOVE;
+    if (rotate) rope.init(h);
+    float row[kMaxHeadDim];
+    for (uint32_t j = begin; j < end; ++j) {
+        for (uint32_t hd = 0; hd < H; ++hd) {
+            const uint32_t o = j - begin;
+            if (j < s_end || j >= w_begin) {
+                const uint32_t slot = j < s_end ? j : s_end + (j - w_begin);
+                const size_t off = ((size_t)hd * g.raw + slot) * D * 2;
+                for (uint32_t d = 0; d < D; ++d) row[d] = f16_to_f32(get_u16(src + g.offset[kSecKRaw] + off + 2 * d));
+                store_row(out.k, out.dtype, out.k_layout, hd, o, D, row);
+                for (uint32_t d = 0; d < D; ++d) row[d] = f16_to_f32(get_u16(src + g.offset[kSecVRaw] + off + 2 * d));
+                store_row(out.v, out.dtype, out.v_layout, hd, o, D, row);
+                continue;
+            }
+            const size_t c = (size_t)hd * g.coded + (j - s_end);
+            decode_rotated(src + g.offset[kSecKCodes] + c * g.k_code_bytes, D, h.codec, h.k_bits,
+                           get_u16(src + g.offset[kSecKScales] + c * 2), row);
+            hadamard_inverse(row, D);
+            if (rotate) {
+                rope.at(block_position(b, hd, j));
+                rope_rotate(row, h.rope_pairing, h.rotary_dims, rope.c_fwd, rope.s_fwd);
+            }
+            store_row(out.k, out.dtype, out.k_layout, hd, o, D, row);
+            decode_rotated(src + g.offset[kSecVCodes] + c * g.v_code_bytes, D, h.codec, h.v_bits,
+                           get_u16(src + g.offset[kSecVScales] + c * 2), row);
+            hadamard_inverse(row, D);
+            store_row(out.v, out.dtype, out.v_layout, hd, o, D, row);
+        }
+    }
+    return NQ_OK;
+}
+
+const Backend &cpu_backend() {
+    static const Backend b{"cpu", cpu_scores, cpu_encode, cpu_decode};
+    return b;
+}
+
+}  // namespace nq

@@ -1,0 +1,236 @@
+// The archive form: the resident block with positions delta-coded, each section zstd-
+// compressed when that makes it smaller, and an XXH3-64 checksum over everything.
+// docs/FORMAT.md describes the bytes.
+#include <cinttypes>
+#include <new>
+#include <xxhash.h>
+#define ZSTD_STATIC_LINKING_ONLY  // ZSTD_customMem: scratch through our allocator
+#include <zstd.h>
+
+#include "../backend.h"
+
+namespace nq {
+namespace {
+
+constexpr uint32_t kArchiveMagic = 0x414b514eu;  // "NQKA"
+constexpr uint32_t kBlockMagicLE = 0x424b514eu;  // "NQKB"
+constexpr uint16_t kArchiveVersion = 1;
+constexpr size_t kPrefix = 16, kEntry = 24, kChecksum = 8;
+enum Method : uint8_t { kStored = 0, kZstd = 1 };
+enum Filter : uint8_t { kNoFilter = 0, kDeltaU32 = 1 };
+
+template <class T> void put(uint8_t *d, T v) { std::memcpy(d, &v, sizeof v); }
+template <class T> T get(const uint8_t *s) {
+    T v;
+    std::memcpy(&v, s, sizeof v);
+    return v;
+}
+
+void *zalloc(void *opaque, size_t n) { return static_cast<const MemoryHooks *>(opaque)->alloc(n, 64); }
+void zfree(void *opaque, void *p) { static_cast<const MemoryHooks *>(opaque)->release(p); }
+
+// Delta along each row of u32 positions (in place on a copy).
+void delta_encode(uint32_t *v, size_t rows, size_t n) {
+    for (size_t r = 0; r < rows; ++r)
+        for (size_t i = n; i-- > 1;) v[r * n + i] -= v[r * n + i - 1];
+}
+
+bool delta_decode_check(uint8_t *bytes, size_t rows, size_t n) {
+    for (size_t r = 0; r < rows; ++r) {
+        uint64_t prev = 0;
+        for (size_t i = 0; i < n; ++i) {
+            uint32_t d = get<uint32_t>(bytes + (r * n + i) * 4);
+            uint64_t cur = i ? prev + d : d;
+            if (i && (d == 0 || cur > 0xffffffffull)) return false;  // strictly increasing, in range
+            put<uint32_t>(bytes + (r * n + i) * 4, (uint32_t)cur);
+            prev = cur;
+        }
+    }
+    return true;
+}
+
+struct Scratch {
+    const MemoryHooks &mem;
+    void *p = nullptr;
+    ~Scratch() { mem.release(p); }
+};
+
+}  // namespace
+}  // namespace nq
+
+using namespace nq;
+
+extern "C" NQ_API nq_status nq_block_serialize_bound(const nq_block *b, size_t *bytes) {
+    clear_error();
+    if (!b) return fail(NQ_ERR_INVALID_ARGUMENT, "blk is NULL");
+    if (!bytes) return fail(NQ_ERR_INVALID_ARGUMENT, "bytes is NULL");
+    size_t n = kPrefix + kHeaderBytes + kNumSections * kEntry + kChecksum;
+    for (int s = 0; s < kNumSections; ++s)
+        if (b->g.length[s]) n += ZSTD_compressBound((size_t)b->g.length[s]);
+    *bytes = n;
+    return NQ_OK;
+}
+
+extern "C" NQ_API nq_status nq_block_serialize(nq_context *ctx, const nq_block *b, void *dst_v, size_t cap,
+                                               size_t *written) {
+    clear_error();
+    if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
+    if (!b) return fail(NQ_ERR_INVALID_ARGUMENT, "blk is NULL");
+    if (!dst_v) return fail(NQ_ERR_INVALID_ARGUMENT, "dst is NULL");
+    if (!written) return fail(NQ_ERR_INVALID_ARGUMENT, "written is NULL");
+    if (b->memory != NQ_MEMORY_HOST) return fail(NQ_ERR_UNSUPPORTED, "serialising a device block: copy it to host first");
+    uint8_t *dst = static_cast<uint8_t *>(dst_v);
+    const BlockGeometry &g = b->g;
+    int present = 0;
+    for (int s = 0; s < kNumSections; ++s) present += g.length[s] ? 1 : 0;
+    const size_t table = kPrefix + kHeaderBytes;
+    size_t cur = table + (size_t)present * kEntry;
+    if (cap < cur + kChecksum) return fail(NQ_ERR_BUFFER_TOO_SMALL, "capacity %zu bytes is too small", cap);
+
+    const int level = ctx->cfg.archive_zstd_level;
+    ZSTD_customMem cm{zalloc, zfree, const_cast<MemoryHooks *>(&ctx->mem)};
+    ZSTD_CCtx *zc = level >= 0 ? ZSTD_createCCtx_advanced(cm) : nullptr;
+    if (level >= 0 && !zc) return fail(NQ_ERR_OUT_OF_MEMORY, "creating a zstd context failed");
+    struct Free {
+        ZSTD_CCtx *z;
+        ~Free() { ZSTD_freeCCtx(z); }
+    } free_zc{zc};
+    Scratch pos_copy{ctx->mem};
+
+    int e = 0;
+    for (int s = 0; s < kNumSections; ++s) {
+        const size_t len = (size_t)g.length[s];
+        if (!len) continue;
+        const uint8_t *src = b->data + g.offset[s];
+        uint8_t filter = kNoFilter;
+        if (s == kSecPositions) {
+            pos_copy.p = ctx->mem.alloc(len, 64);
+            if (!pos_copy.p) return fail(NQ_ERR_OUT_OF_MEMORY, "allocating %zu bytes for positions failed", len);
+            std::memcpy(pos_copy.p, src, len);
+            delta_encode(static_cast<uint32_t *>(pos_copy.p), g.pos_rows, b->h.tokens_kept);
+            src = static_cast<const uint8_t *>(pos_copy.p);
+            filter = kDeltaU32;
+        }
+        uint8_t method = kStored;
+        size_t stored = len;
+        const size_t room = cap - kChecksum - cur;
+        if (zc) {
+            size_t z = ZSTD_compressCCtx(zc, dst + cur, room, src, len, level);
+            if (!ZSTD_isError(z) && z < len) {
+                method = kZstd;
+                stored = z;
+            }
+        }
+        if (method == kStored) {
+            if (room < len) return fail(NQ_ERR_BUFFER_TOO_SMALL, "capacity %zu bytes is too small", cap);
+            std::memcpy(dst + cur, src, len);
+        }
+        uint8_t *ent = dst + table + (size_t)e * kEntry;
+        std::memset(ent, 0, kEntry);
+        ent[0] = (uint8_t)s;
+        ent[1] = method;
+        ent[2] = filter;
+        put<uint64_t>(ent + 8, len);
+        put<uint64_t>(ent + 16, stored);
+        cur += stored;
+        ++e;
+    }
+    const size_t total = cur + kChecksum;
+    put<uint32_t>(dst, kArchiveMagic);
+    put<uint16_t>(dst + 4, kArchiveVersion);
+    put<uint16_t>(dst + 6, (uint16_t)present);
+    put<uint64_t>(dst + 8, total);
+    std::memcpy(dst + kPrefix, b->data, kHeaderBytes);
+    put<uint64_t>(dst + cur, XXH3_64bits(dst, cur));
+    *written = total;
+    return NQ_OK;
+}
+
+extern "C" NQ_API nq_status nq_block_deserialize(nq_context *ctx, const void *src_v, size_t len, nq_block **out) {
+    clear_error();
+    if (!out) return fail(NQ_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = nullptr;
+    if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
+    if (!src_v) return fail(NQ_ERR_INVALID_ARGUMENT, "src is NULL");
+    const uint8_t *src = static_cast<const uint8_t *>(src_v);
+    if (len >= 4 && get<uint32_t>(src) == kBlockMagicLE)
+        return fail(NQ_ERR_VERSION, "these bytes are a resident block image, not an archive (use nq_block_serialize)");
+    if (len >= 4 && get<uint32_t>(src) != kArchiveMagic)
+        return fail(NQ_ERR_VERSION, "not a nexusquant archive (magic %08x)", get<uint32_t>(src));
+    if (len < kPrefix + kHeaderBytes + kChecksum)
+        return fail(NQ_ERR_TRUNCATED, "%zu bytes: an archive has at least %zu", len, kPrefix + kHeaderBytes + kChecksum);
+    const uint16_t version = get<uint16_t>(src + 4);
+    if (version != kArchiveVersion) return fail(NQ_ERR_VERSION, "archive version %u (this library reads 1)", version);
+    const uint64_t total = get<uint64_t>(src + 8);
+    if (total > len) return fail(NQ_ERR_TRUNCATED, "archive says %" PRIu64 " bytes, only %zu given", total, len);
+    if (total < len) return fail(NQ_ERR_CORRUPT, "archive says %" PRIu64 " bytes, %zu given", total, len);
+    if (XXH3_64bits(src, (size_t)total - kChecksum) != get<uint64_t>(src + total - kChecksum))
+        return fail(NQ_ERR_CORRUPT, "checksum mismatch: the bytes were changed or damaged");
+
+    BlockHeader h;
+    if (get<uint32_t>(src + kPrefix) != kBlockMagicLE || get<uint16_t>(src + kPrefix + 4) != kFormatVersion ||
+        get<uint16_t>(src + kPrefix + 6) != kHeaderBytes)
+        return fail(NQ_ERR_VERSION, "unknown block header (magic/version/size)");
+    header_read(src + kPrefix, &h);
+    if (const char *why = header_validate(h)) return fail(NQ_ERR_CORRUPT, "%s", why);
+    if (h.head_dim != ctx->cfg.head_dim || h.num_heads != ctx->cfg.num_kv_heads)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "the block has %u heads of dim %u, the context %u heads of dim %u",
+                    (unsigned)h.num_heads, (unsigned)h.head_dim, ctx->cfg.num_kv_heads, ctx->cfg.head_dim);
+    const BlockGeometry g = block_geometry(h);
+    if (h.total_bytes != g.total) return fail(NQ_ERR_CORRUPT, "header.total_bytes does not match the geometry");
+
+    const uint16_t n = get<uint16_t>(src + 6);
+    const size_t table = kPrefix + kHeaderBytes;
+    if (n > kNumSections || table + (size_t)n * kEntry > total - kChecksum)
+        return fail(NQ_ERR_CORRUPT, "section count %u impossible", n);
+    nq_block *b = nullptr;
+    NQ_TRY(block_create(ctx->mem, h, nullptr, 0, &b));
+    std::memset(b->data, 0, (size_t)g.total);
+    header_write(h, b->data);
+    ZSTD_customMem cm{zalloc, zfree, &ctx->mem};
+    ZSTD_DCtx *zd = nullptr;
+    nq_status st = NQ_OK;
+    size_t cur = table + (size_t)n * kEntry;
+    int next = 0;
+    for (uint16_t e = 0; e < n && st == NQ_OK; ++e) {
+        const uint8_t *ent = src + table + (size_t)e * kEntry;
+        const int s = ent[0];
+        const uint8_t method = ent[1], filter = ent[2];
+        const uint64_t raw = get<uint64_t>(ent + 8), stored = get<uint64_t>(ent + 16);
+        if (s < next || s >= kNumSections) { st = fail(NQ_ERR_CORRUPT, "section %u: id %d out of order", e, s); break; }
+        for (; next < s; ++next)
+            if (g.length[next]) { st = fail(NQ_ERR_CORRUPT, "section %d missing", next); break; }
+        if (st != NQ_OK) break;
+        next = s + 1;
+        if (raw != g.length[s] || raw == 0) { st = fail(NQ_ERR_CORRUPT, "section %d: length %" PRIu64 ", expected %" PRIu64, s, raw, g.length[s]); break; }
+        if (ent[3] || get<uint32_t>(ent + 4)) { st = fail(NQ_ERR_CORRUPT, "section %d: reserved bytes set", s); break; }
+        if (filter > kDeltaU32 || (filter == kDeltaU32) != (s == kSecPositions)) { st = fail(NQ_ERR_CORRUPT, "section %d: bad filter %u", s, filter); break; }
+        if (stored > total - kChecksum - cur) { st = fail(NQ_ERR_CORRUPT, "section %d: stored length past the end", s); break; }
+        uint8_t *dst = b->data + g.offset[s];
+        if (method == kStored) {
+            if (stored != raw) { st = fail(NQ_ERR_CORRUPT, "section %d: stored length differs from raw", s); break; }
+            std::memcpy(dst, src + cur, (size_t)raw);
+        } else if (method == kZstd) {
+            if (!zd && !(zd = ZSTD_createDCtx_advanced(cm))) { st = fail(NQ_ERR_OUT_OF_MEMORY, "creating a zstd context failed"); break; }
+            size_t r = ZSTD_decompressDCtx(zd, dst, (size_t)raw, src + cur, (size_t)stored);
+            if (ZSTD_isError(r) || r != raw) { st = fail(NQ_ERR_CORRUPT, "section %d: zstd data invalid", s); break; }
+        } else {
+            st = fail(NQ_ERR_CORRUPT, "section %d: unknown method %u", s, method);
+            break;
+        }
+        if (filter == kDeltaU32 && !delta_decode_check(dst, g.pos_rows, h.tokens_kept))
+            st = fail(NQ_ERR_CORRUPT, "positions are not strictly increasing 32-bit values");
+        cur += (size_t)stored;
+    }
+    if (st == NQ_OK)
+        for (; next < kNumSections; ++next)
+            if (g.length[next]) { st = fail(NQ_ERR_CORRUPT, "section %d missing", next); break; }
+    if (st == NQ_OK && cur != total - kChecksum) st = fail(NQ_ERR_CORRUPT, "bytes between the sections and the checksum");
+    ZSTD_freeDCtx(zd);
+    if (st != NQ_OK) {
+        nq_block_free(b);
+        return st;
+    }
+    *out = b;
+    return NQ_OK;
+}

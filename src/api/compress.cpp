@@ -1,0 +1,272 @@
+// Compression entry points: validation, planning the block, selection, and handing
+// the work to the backend.
+#include <algorithm>
+#include <cstdio>
+#include <new>
+#include <vector>
+
+#include "../backend.h"
+#include "../core/hadamard.h"
+
+namespace nq {
+namespace {
+
+struct Plan {
+    LayerParams lp;
+    BlockHeader h;
+    BlockGeometry g;
+    bool evicting;
+};
+
+uint32_t count_below(const int64_t *positions, uint32_t T, uint32_t limit) {
+    uint32_t n = 0;
+    while (n < T && positions[n] < (int64_t)limit) ++n;
+    return n;
+}
+
+// The header a compression of kv will produce (tokens_kept from the planned budget).
+Plan make_plan(const nq_context *ctx, const nq_kv_desc &kv, const int64_t *positions, bool first_chunk = true) {
+    Plan p;
+    p.lp = layer_params(ctx, kv.layer);
+    if (!first_chunk) {  // later chunks of a sequence: quantised only, no fp16 window
+        p.lp.evict_fraction = 0.0f;
+        p.lp.fp16_window = 0;
+    }
+    const nq_config &c = ctx->cfg;
+    const uint32_t T = kv.num_tokens;
+    BlockHeader &h = p.h;
+    h.codec = (uint8_t)c.codec;
+    h.k_bits = (uint8_t)p.lp.k_bits;
+    h.v_bits = (uint8_t)p.lp.v_bits;
+    h.evict_mode = (uint8_t)c.evict_mode;
+    h.head_dim = (uint16_t)c.head_dim;
+    h.num_heads = (uint16_t)c.num_kv_heads;
+    h.hadamard_block = (uint16_t)hadamard_block(c.head_dim);
+    h.rope_mode = (uint8_t)c.rope.mode;
+    h.rope_pairing = (uint8_t)c.rope.pairing;
+    h.rope_scaling = (uint8_t)c.rope.scaling;
+    h.src_dtype = (uint8_t)kv.dtype;
+    h.rotary_dims = (uint16_t)c.rope.rotary_dims;
+    h.layer = kv.layer;
+    h.tokens_in = T;
+    h.rope_original_max_position = c.rope.original_max_position;
+    h.theta = c.rope.theta;
+    h.factor = c.rope.factor;
+    h.low_freq_factor = c.rope.low_freq_factor;
+    h.high_freq_factor = c.rope.high_freq_factor;
+    h.beta_fast = c.rope.beta_fast;
+    h.beta_slow = c.rope.beta_slow;
+    h.attention_factor = c.rope.attention_factor;
+    h.rope_seq_len = kv.rope_seq_len ? kv.rope_seq_len : (uint32_t)(positions[T - 1] + 1);
+
+    const uint32_t K = planned_kept(ctx, kv, p.lp, positions);
+    p.evicting = K < T;
+    h.tokens_kept = K;
+    if (!p.evicting) {
+        bool contiguous = positions[T - 1] - positions[0] == (int64_t)T - 1;
+        h.flags = contiguous ? (uint32_t)kFlagPositionsContiguous : 0u;
+        h.first_position = contiguous ? (uint64_t)positions[0] : 0;
+    } else {
+        h.flags = c.evict_mode == NQ_EVICT_PER_HEAD ? (uint32_t)kFlagPositionsPerHead : 0u;
+    }
+    h.fp16_sinks = std::min(count_below(positions, T, p.lp.fp16_sinks), K);
+    h.fp16_window = std::min(p.lp.fp16_window, K - h.fp16_sinks);
+    p.g = block_geometry(h);
+    h.total_bytes = p.g.total;
+    return p;
+}
+
+size_t item_workspace(const nq_context *ctx, uint32_t T) {
+    const size_t H = ctx->cfg.num_kv_heads;
+    return T * 8 + H * T * 4 * 2 + (size_t)T * 8 + score_scratch_bytes(T) + 16 * 64;
+}
+
+const int64_t *fill_positions(const nq_kv_desc &kv, Workspace &ws) {
+    int64_t *p = ws.take<int64_t>(kv.num_tokens);
+    if (!p) return nullptr;
+    for (uint32_t i = 0; i < kv.num_tokens; ++i) p[i] = kv.positions ? kv.positions[i] : kv.start_position + i;
+    return p;
+}
+
+nq_status compress_one(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_desc *sc_in, const nq_buffer *dst,
+                       Workspace &ws, void *stream, bool first_chunk, nq_block **out) {
+    *out = nullptr;
+    if (!kv_in) return fail(NQ_ERR_INVALID_ARGUMENT, "kv is NULL");
+    nq_kv_desc kv;
+    nq_kv_desc_init(&kv);
+    NQ_TRY(copy_sized(kv_in, &kv, "nq_kv_desc"));
+    NQ_TRY(validate_kv(ctx, kv, false, "kv"));
+    const int64_t *positions = fill_positions(kv, ws);
+    if (!positions) return fail(NQ_ERR_BUFFER_TOO_SMALL, "workspace too small (positions)");
+    Plan plan = make_plan(ctx, kv, positions, first_chunk);
+    const Backend &be = cpu_backend();
+
+    const uint32_t *kept = nullptr;
+    uint32_t rows = 1;
+    if (plan.evicting) {
+        nq_score_desc sc;
+        nq_score_desc_init(&sc);
+        if (sc_in) NQ_TRY(copy_sized(sc_in, &sc, "nq_score_desc"));
+        NQ_TRY(validate_scores(ctx, kv, sc));
+        const size_t HT = (size_t)ctx->cfg.num_kv_heads * kv.num_tokens;
+        float *scores = ws.take<float>(HT);
+        uint32_t *kept_w = ws.take<uint32_t>(HT);
+        if (!scores || !kept_w) return fail(NQ_ERR_BUFFER_TOO_SMALL, "workspace too small (scores)");
+        NQ_TRY(be.scores(ctx, kv, &sc, positions, scores, ws));
+        uint32_t K = 0;
+        NQ_TRY(select_tokens(ctx, kv, plan.lp, scores, positions, kept_w, &K, &rows, ws));
+        if (K != plan.h.tokens_kept)
+            return fail(NQ_ERR_INTERNAL, "selection kept %u tokens, planned %u", K, plan.h.tokens_kept);
+        kept = kept_w;
+    }
+
+    nq_block *blk = nullptr;
+    if (dst) {
+        if (!dst->data) return fail(NQ_ERR_INVALID_ARGUMENT, "dst.data is NULL");
+        if (dst->capacity < plan.g.total)
+            return fail(NQ_ERR_BUFFER_TOO_SMALL, "dst.capacity is %zu bytes, the block needs %llu", dst->capacity,
+                        (unsigned long long)plan.g.total);
+        if ((uintptr_t)dst->data % 16) return fail(NQ_ERR_INVALID_ARGUMENT, "dst.data must be 16-byte aligned");
+    }
+    NQ_TRY(block_create(ctx->mem, plan.h, dst ? dst->data : nullptr, dst ? dst->capacity : 0, &blk));
+    std::memset(blk->data, 0, plan.g.total);
+    header_write(plan.h, blk->data);
+    EncodeJob job{&kv, &blk->h, &blk->g, positions, kept, rows, blk->data};
+    nq_status st = be.encode(ctx, job, stream);
+    if (st != NQ_OK) {
+        nq_block_free(blk);
+        return st;
+    }
+    *out = blk;
+    return NQ_OK;
+}
+
+struct ScratchGuard {
+    const MemoryHooks &mem;
+    void *p;
+    ~ScratchGuard() { mem.release(p); }
+};
+
+}  // namespace
+
+nq_status compress_chunk(nq_context *ctx, const nq_kv_desc *kv, const nq_score_desc *sc, void *stream,
+                         bool first_chunk, nq_block **out) {
+    if (!kv) return fail(NQ_ERR_INVALID_ARGUMENT, "kv is NULL");
+    size_t sz;
+    std::memcpy(&sz, kv, sizeof sz);
+    if (sz < offsetof(nq_kv_desc, k)) return fail(NQ_ERR_INVALID_ARGUMENT, "kv.size is %zu: call nq_kv_desc_init", sz);
+    Workspace ws;
+    ws.cap = item_workspace(ctx, kv->num_tokens);
+    ws.base = static_cast<uint8_t *>(ctx->mem.alloc(ws.cap, 64));
+    if (!ws.base) return fail(NQ_ERR_OUT_OF_MEMORY, "allocating %zu bytes of scratch failed", ws.cap);
+    ScratchGuard g{ctx->mem, ws.base};
+    return compress_one(ctx, kv, sc, nullptr, ws, stream, first_chunk, out);
+}
+
+}  // namespace nq
+
+using namespace nq;
+
+extern "C" NQ_API nq_status nq_compress_bound(const nq_context *ctx, const nq_kv_desc *kv_in, size_t *bytes) {
+    clear_error();
+    if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
+    if (!kv_in) return fail(NQ_ERR_INVALID_ARGUMENT, "kv is NULL");
+    if (!bytes) return fail(NQ_ERR_INVALID_ARGUMENT, "bytes is NULL");
+    nq_kv_desc kv;
+    nq_kv_desc_init(&kv);
+    NQ_TRY(copy_sized(kv_in, &kv, "nq_kv_desc"));
+    NQ_TRY(validate_kv(ctx, kv, false, "kv"));
+    Workspace ws;
+    ws.cap = (size_t)kv.num_tokens * 8 + 64;
+    ws.base = static_cast<uint8_t *>(ctx->mem.alloc(ws.cap, 64));
+    if (!ws.base) return fail(NQ_ERR_OUT_OF_MEMORY, "allocating %zu bytes of scratch failed", ws.cap);
+    ScratchGuard g{ctx->mem, ws.base};
+    Plan p = make_plan(ctx, kv, fill_positions(kv, ws));
+    *bytes = p.g.total;
+    return NQ_OK;
+}
+
+extern "C" NQ_API nq_status nq_workspace_size(const nq_context *ctx, const nq_kv_desc *items, size_t n,
+                                              size_t *bytes) {
+    clear_error();
+    if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
+    if (!bytes) return fail(NQ_ERR_INVALID_ARGUMENT, "bytes is NULL");
+    if (n && !items) return fail(NQ_ERR_INVALID_ARGUMENT, "items is NULL");
+    size_t mx = 0;
+    for (size_t i = 0; i < n; ++i) mx = std::max(mx, item_workspace(ctx, items[i].num_tokens));
+    *bytes = mx;
+    return NQ_OK;
+}
+
+extern "C" NQ_API nq_status nq_compress_kv(nq_context *ctx, const nq_kv_desc *kv, const nq_score_desc *scores,
+                                           void *stream, nq_block **out) {
+    clear_error();
+    if (!out) return fail(NQ_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = nullptr;
+    if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
+    return compress_chunk(ctx, kv, scores, stream, true, out);
+}
+
+extern "C" NQ_API nq_status nq_compress_batch(nq_context *ctx, const nq_kv_desc *items, const nq_score_desc *scores,
+                                              size_t n, const nq_buffer *dst, void *workspace, size_t workspace_bytes,
+                                              void *stream, nq_block **out, nq_status *item_status) {
+    clear_error();
+    if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
+    if (!out) return fail(NQ_ERR_INVALID_ARGUMENT, "out is NULL");
+    if (n && !items) return fail(NQ_ERR_INVALID_ARGUMENT, "items is NULL");
+    for (size_t i = 0; i < n; ++i) out[i] = nullptr;
+    Workspace ws;
+    void *owned = nullptr;
+    if (workspace) {
+        if ((uintptr_t)workspace % 64) return fail(NQ_ERR_INVALID_ARGUMENT, "workspace must be 64-byte aligned");
+        ws.base = static_cast<uint8_t *>(workspace);
+        ws.cap = workspace_bytes;
+    } else {
+        size_t need = 0;
+        for (size_t i = 0; i < n; ++i) need = std::max(need, item_workspace(ctx, items[i].num_tokens));
+        owned = ctx->mem.alloc(need ? need : 64, 64);
+        if (!owned) return fail(NQ_ERR_OUT_OF_MEMORY, "allocating %zu bytes of scratch failed", need);
+        ws.base = static_cast<uint8_t *>(owned);
+        ws.cap = need;
+    }
+    ScratchGuard g{ctx->mem, owned};
+    nq_status first = NQ_OK;
+    char first_msg[512] = "";
+    for (size_t i = 0; i < n; ++i) {
+        ws.used = 0;
+        nq_status st = compress_one(ctx, &items[i], scores ? &scores[i] : nullptr, dst ? &dst[i] : nullptr, ws, stream,
+                                    true, &out[i]);
+        if (item_status) item_status[i] = st;
+        if (st != NQ_OK && first == NQ_OK) {
+            first = st;
+            std::snprintf(first_msg, sizeof first_msg, "item %zu: %s", i, nq_last_error());
+        }
+    }
+    if (first != NQ_OK) return fail(first, "%s", first_msg);
+    clear_error();
+    return NQ_OK;
+}
+
+extern "C" NQ_API nq_status nq_estimate_bytes(const nq_context *ctx, uint32_t layers, uint64_t tokens,
+                                              uint64_t *bytes) {
+    clear_error();
+    if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
+    if (!bytes) return fail(NQ_ERR_INVALID_ARGUMENT, "bytes is NULL");
+    if (tokens == 0 || tokens > 0xffffffffull)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "tokens is %llu: must be in 1..2^32-1", (unsigned long long)tokens);
+    // A planning call, not a hot path: positions 0..T-1 materialised once.
+    std::vector<int64_t> pos((size_t)tokens);
+    for (uint64_t i = 0; i < tokens; ++i) pos[i] = (int64_t)i;
+    uint64_t total = 0;
+    for (uint32_t l = 0; l < layers; ++l) {
+        nq_kv_desc kv;
+        nq_kv_desc_init(&kv);
+        kv.layer = l;
+        kv.num_tokens = (uint32_t)tokens;
+        nq_layout_contiguous(&kv.k_layout, kv.num_tokens, ctx->cfg.head_dim);
+        kv.v_layout = kv.k_layout;
+        total += make_plan(ctx, kv, pos.data()).g.total;
+    }
+    *bytes = total;
+    return NQ_OK;
+}

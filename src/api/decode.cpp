@@ -1,0 +1,37 @@
+// Decoding a block or a token range of it into the engine's layout.
+#include "../backend.h"
+
+namespace nq {
+
+nq_status decode_range(nq_context *ctx, const nq_block *blk, uint32_t begin, uint32_t end, const nq_kv_desc *out_in,
+                       void *stream) {
+    if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
+    if (!blk) return fail(NQ_ERR_INVALID_ARGUMENT, "blk is NULL");
+    if (!out_in) return fail(NQ_ERR_INVALID_ARGUMENT, "out is NULL");
+    nq_kv_desc out;
+    nq_kv_desc_init(&out);
+    NQ_TRY(copy_sized(out_in, &out, "nq_kv_desc"));
+    if (begin > end || end > blk->h.tokens_kept)
+        return fail(NQ_ERR_OUT_OF_RANGE, "token range [%u, %u) outside the block's %u tokens", begin, end,
+                    blk->h.tokens_kept);
+    if (out.num_tokens != end - begin)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "out.num_tokens is %u but the range [%u, %u) has %u tokens", out.num_tokens,
+                    begin, end, end - begin);
+    if (blk->h.head_dim != ctx->cfg.head_dim || blk->h.num_heads != ctx->cfg.num_kv_heads)
+        return fail(NQ_ERR_INVALID_ARGUMENT,
+                    "the block has %u heads of dim %u, the context %u heads of dim %u: use a matching context",
+                    (unsigned)blk->h.num_heads, (unsigned)blk->h.head_dim, ctx->cfg.num_kv_heads, ctx->cfg.head_dim);
+    if (blk->memory != NQ_MEMORY_HOST)
+        return fail(NQ_ERR_BACKEND_UNAVAILABLE, "the block is in device memory and this library has no GPU backend");
+    if (end == begin) return NQ_OK;
+    NQ_TRY(validate_kv(ctx, out, true, "out"));
+    return cpu_backend().decode(ctx, *blk, begin, end, out, stream);
+}
+
+}  // namespace nq
+
+extern "C" NQ_API nq_status nq_decode(nq_context *ctx, const nq_block *blk, uint32_t begin, uint32_t end,
+                                      const nq_kv_desc *out, void *stream) {
+    nq::clear_error();
+    return nq::decode_range(ctx, blk, begin, end, out, stream);
+}

@@ -1,0 +1,109 @@
+// The objects behind the opaque handles, and helpers shared by the API files.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "../core/format.h"
+#include "../core/rope.h"
+#include "error.h"
+#include "nexusquant.h"
+
+namespace nq {
+
+// Resolved per-layer parameters.
+struct LayerParams {
+    uint32_t k_bits, v_bits;
+    float evict_fraction;
+    uint32_t sink_tokens, recent_window, fp16_sinks, fp16_window;
+};
+
+struct MemoryHooks {
+    nq_allocator a;
+    void *alloc(size_t bytes, size_t align, nq_memory mem = NQ_MEMORY_HOST, int32_t dev = 0) const;
+    void release(void *p, nq_memory mem = NQ_MEMORY_HOST, int32_t dev = 0) const;
+};
+
+}  // namespace nq
+
+struct nq_context {
+    nq_config cfg;                    // resolved copy (overrides points into `overrides`)
+    nq_layer_override *overrides;     // owned copy
+    nq::MemoryHooks mem;
+    nq::RopeSpec rope;
+    nq_backend backend;
+    nq_cpu_isa isa;
+};
+
+struct nq_block {
+    nq::BlockHeader h;
+    nq::BlockGeometry g;
+    uint8_t *data;      // resident image (h.total_bytes)
+    bool owns_data;
+    nq::MemoryHooks mem;
+    nq_memory memory;
+    int32_t device;
+};
+
+struct nq_sequence {
+    nq_context *ctx;
+    uint32_t layer;
+    nq_block **blocks;
+    uint64_t *token_end;  // cumulative kept tokens after each block
+    size_t count, capacity;
+    int64_t last_position;
+};
+
+namespace nq {
+
+// Copies a caller's size-tagged struct over `dst` (which holds defaults). Rejects a
+// size smaller than the `size` field or unknown non-zero trailing bytes.
+template <class T> nq_status copy_sized(const T *src, T *dst, const char *name) {
+    size_t n;
+    std::memcpy(&n, src, sizeof(size_t));
+    if (n < sizeof(size_t)) return fail(NQ_ERR_INVALID_ARGUMENT, "%s.size is %zu: call %s_init first", name, n, name);
+    if (n > (size_t)1 << 20) return fail(NQ_ERR_INVALID_ARGUMENT, "%s.size is %zu: not a size", name, n);
+    if (n > sizeof(T)) {
+        const unsigned char *p = reinterpret_cast<const unsigned char *>(src);
+        for (size_t i = sizeof(T); i < n; ++i)
+            if (p[i] != 0)
+                return fail(NQ_ERR_UNSUPPORTED,
+                            "%s has non-zero bytes at offset %zu, past the %zu bytes this library knows (newer header?)",
+                            name, i, sizeof(T));
+        n = sizeof(T);
+    }
+    std::memcpy(reinterpret_cast<void *>(dst), src, n);
+    dst->size = sizeof(T);
+    return NQ_OK;
+}
+
+// Writes an output struct, at most as many bytes as the caller's size says.
+template <class T> nq_status write_sized(const T &val, T *dst, const char *name) {
+    size_t n;
+    std::memcpy(&n, dst, sizeof(size_t));
+    if (n < sizeof(size_t)) return fail(NQ_ERR_INVALID_ARGUMENT, "%s.size is %zu: set it to sizeof(%s)", name, n, name);
+    if (n > sizeof(T)) n = sizeof(T);
+    T tmp = val;
+    tmp.size = n;
+    std::memcpy(reinterpret_cast<void *>(dst), &tmp, n);
+    return NQ_OK;
+}
+
+LayerParams layer_params(const nq_context *ctx, uint32_t layer);
+
+uint32_t dtype_bytes(nq_dtype t);
+const char *dtype_name(nq_dtype t);
+
+// Validates a K/V descriptor against the context for compress (is_output = false) or
+// decode into it (is_output = true). `which` names the argument in messages.
+nq_status validate_kv(const nq_context *ctx, const nq_kv_desc &kv, bool is_output, const char *which);
+nq_status validate_scores(const nq_context *ctx, const nq_kv_desc &kv, const nq_score_desc &sc);
+
+// Allocates a block handle (and its image unless `external` is given).
+nq_status block_create(const MemoryHooks &mem, const BlockHeader &h, void *external, size_t external_cap,
+                       nq_block **out);
+
+// Resident header for compressing kv with lp (tokens_kept etc. filled by the caller).
+BlockHeader base_header(const nq_context *ctx, const nq_kv_desc &kv);
+
+}  // namespace nq

@@ -1,0 +1,185 @@
+// Validation of K/V and score descriptors: every message names the field at fault.
+#include <algorithm>
+#include <cinttypes>
+#include <cstdlib>
+#include <vector>
+
+#include "internal.h"
+
+namespace nq {
+
+uint32_t dtype_bytes(nq_dtype t) {
+    switch (t) {
+    case NQ_DTYPE_F16:
+    case NQ_DTYPE_BF16: return 2;
+    case NQ_DTYPE_F32: return 4;
+    }
+    return 0;
+}
+
+const char *dtype_name(nq_dtype t) {
+    switch (t) {
+    case NQ_DTYPE_F16: return "f16";
+    case NQ_DTYPE_BF16: return "bf16";
+    case NQ_DTYPE_F32: return "f32";
+    }
+    return "unknown";
+}
+
+namespace {
+
+struct Axis {
+    int64_t stride;
+    uint64_t extent;
+};
+
+// Sufficient condition for (i, j, k) -> sum i*s_i to be one-to-one: sorted by |stride|,
+// every stride exceeds the span of the smaller ones. Also guards int64 overflow.
+bool axes_injective(Axis *ax, int n, uint64_t *span_out) {
+    std::sort(ax, ax + n, [](const Axis &a, const Axis &b) { return std::llabs(a.stride) < std::llabs(b.stride); });
+    uint64_t span = 0;  // max |offset| reachable by the axes so far
+    for (int i = 0; i < n; ++i) {
+        if (ax[i].extent <= 1) continue;
+        uint64_t s = (uint64_t)std::llabs(ax[i].stride);
+        if (s == 0 || s <= span) return false;
+        if (s > (uint64_t)INT64_MAX / (ax[i].extent - 1)) return false;
+        uint64_t add = s * (ax[i].extent - 1);
+        if (span > (uint64_t)INT64_MAX - add) return false;
+        span += add;
+    }
+    *span_out = span;
+    return true;
+}
+
+nq_status validate_layout(const nq_layout &l, uint32_t heads, uint32_t tokens, uint32_t head_dim, const char *which,
+                          const char *kv) {
+    int64_t sd = l.stride_dim ? l.stride_dim : 1;
+    if (l.kind == NQ_LAYOUT_STRIDED) {
+        Axis ax[3] = {{l.stride_head, heads}, {l.stride_token, tokens}, {sd, head_dim}};
+        uint64_t span;
+        if (!axes_injective(ax, 3, &span))
+            return fail(NQ_ERR_INVALID_ARGUMENT,
+                        "%s.%s_layout: strides (head %" PRId64 ", token %" PRId64 ", dim %" PRId64
+                        ") make distinct elements overlap",
+                        which, kv, l.stride_head, l.stride_token, sd);
+        return NQ_OK;
+    }
+    if (l.kind != NQ_LAYOUT_PAGED)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "%s.%s_layout.kind is %d: not STRIDED or PAGED", which, kv, (int)l.kind);
+    if (l.page_size == 0) return fail(NQ_ERR_INVALID_ARGUMENT, "%s.%s_layout.page_size is 0", which, kv);
+    if (!l.page_table) return fail(NQ_ERR_INVALID_ARGUMENT, "%s.%s_layout.page_table is NULL", which, kv);
+    if (l.num_pages == 0) return fail(NQ_ERR_INVALID_ARGUMENT, "%s.%s_layout.num_pages is 0", which, kv);
+    Axis ax[4] = {{l.stride_token, l.page_size}, {l.stride_head, heads}, {sd, head_dim}, {l.stride_page, l.num_pages}};
+    uint64_t span;
+    if (!axes_injective(ax, 4, &span))
+        return fail(NQ_ERR_INVALID_ARGUMENT,
+                    "%s.%s_layout: strides (page %" PRId64 ", token %" PRId64 ", head %" PRId64 ", dim %" PRId64
+                    ") make distinct elements overlap",
+                    which, kv, l.stride_page, l.stride_token, l.stride_head, sd);
+    const uint32_t pages = (tokens + l.page_size - 1) / l.page_size;
+    for (uint32_t i = 0; i < pages; ++i) {
+        int32_t p = l.page_table[i];
+        if (p < 0 || (uint32_t)p >= l.num_pages)
+            return fail(NQ_ERR_INVALID_ARGUMENT, "%s.%s_layout.page_table[%u] is %d: outside 0..num_pages-1 (%u)", which,
+                        kv, i, p, l.num_pages - 1);
+    }
+    // A page used twice would alias tokens. The bitmap is reused by this thread, so it
+    // is allocated once, not per call.
+    thread_local std::vector<uint8_t> seen;
+    if (seen.size() < l.num_pages) seen.resize(l.num_pages);
+    std::fill(seen.begin(), seen.begin() + l.num_pages, 0);
+    for (uint32_t i = 0; i < pages; ++i) {
+        if (seen[(uint32_t)l.page_table[i]])
+            return fail(NQ_ERR_INVALID_ARGUMENT, "%s.%s_layout.page_table[%u] repeats page %d", which, kv, i,
+                        l.page_table[i]);
+        seen[(uint32_t)l.page_table[i]] = 1;
+    }
+    return NQ_OK;
+}
+
+}  // namespace
+
+nq_status validate_kv(const nq_context *ctx, const nq_kv_desc &kv, bool is_output, const char *which) {
+    const nq_config &c = ctx->cfg;
+    uint32_t eb = dtype_bytes(kv.dtype);
+    if (!eb)
+        return fail(NQ_ERR_UNSUPPORTED, "%s.dtype is %d: supported are NQ_DTYPE_F16, NQ_DTYPE_BF16, NQ_DTYPE_F32", which,
+                    (int)kv.dtype);
+    if (kv.memory != NQ_MEMORY_HOST) {
+        if (kv.memory == NQ_MEMORY_CUDA || kv.memory == NQ_MEMORY_HIP)
+            return fail(NQ_ERR_BACKEND_UNAVAILABLE, "%s.memory is %s, but this library was built without that backend",
+                        which, kv.memory == NQ_MEMORY_CUDA ? "CUDA" : "HIP");
+        return fail(NQ_ERR_INVALID_ARGUMENT, "%s.memory is %d: not an nq_memory", which, (int)kv.memory);
+    }
+    if (kv.num_tokens == 0 && !is_output) return fail(NQ_ERR_INVALID_ARGUMENT, "%s.num_tokens is 0", which);
+    if (!kv.k) return fail(NQ_ERR_INVALID_ARGUMENT, "%s.k is NULL", which);
+    if (!kv.v) return fail(NQ_ERR_INVALID_ARGUMENT, "%s.v is NULL", which);
+    if ((uintptr_t)kv.k % eb)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "%s.k is not aligned to its %u-byte %s elements", which, eb,
+                    dtype_name(kv.dtype));
+    if ((uintptr_t)kv.v % eb)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "%s.v is not aligned to its %u-byte %s elements", which, eb,
+                    dtype_name(kv.dtype));
+    if (kv.num_tokens) {
+        NQ_TRY(validate_layout(kv.k_layout, c.num_kv_heads, kv.num_tokens, c.head_dim, which, "k"));
+        NQ_TRY(validate_layout(kv.v_layout, c.num_kv_heads, kv.num_tokens, c.head_dim, which, "v"));
+    }
+    if (!is_output) {
+        if (kv.positions) {
+            for (uint32_t i = 0; i < kv.num_tokens; ++i) {
+                int64_t p = kv.positions[i];
+                if (p < 0 || p >= ((int64_t)1 << 32))
+                    return fail(NQ_ERR_INVALID_ARGUMENT, "%s.positions[%u] is %" PRId64 ": must be in 0..2^32-1", which, i,
+                                p);
+                if (i && p <= kv.positions[i - 1])
+                    return fail(NQ_ERR_INVALID_ARGUMENT,
+                                "%s.positions[%u] (%" PRId64 ") is not greater than positions[%u] (%" PRId64 ")", which,
+                                i, p, i - 1, kv.positions[i - 1]);
+            }
+        } else if (kv.start_position < 0 || kv.start_position + (int64_t)kv.num_tokens > ((int64_t)1 << 32)) {
+            return fail(NQ_ERR_INVALID_ARGUMENT, "%s.start_position is %" PRId64 ": positions must stay in 0..2^32-1",
+                        which, kv.start_position);
+        }
+    }
+    return NQ_OK;
+}
+
+nq_status validate_scores(const nq_context *ctx, const nq_kv_desc &kv, const nq_score_desc &sc) {
+    const nq_config &c = ctx->cfg;
+    if (sc.memory != NQ_MEMORY_HOST)
+        return fail(NQ_ERR_BACKEND_UNAVAILABLE, "scores.memory is %d: only host scores with the CPU backend",
+                    (int)sc.memory);
+    switch (sc.kind) {
+    case NQ_SCORES_KEY_NORM: return NQ_OK;
+    case NQ_SCORES_GIVEN: {
+        if (!sc.scores) return fail(NQ_ERR_INVALID_ARGUMENT, "scores.scores is NULL (kind GIVEN)");
+        Axis ax[2] = {{sc.score_stride_head, c.num_kv_heads}, {sc.score_stride_token, kv.num_tokens}};
+        uint64_t span;
+        if (!axes_injective(ax, 2, &span))
+            return fail(NQ_ERR_INVALID_ARGUMENT, "scores.score_stride_head/score_stride_token overlap");
+        if ((uintptr_t)sc.scores % 4) return fail(NQ_ERR_INVALID_ARGUMENT, "scores.scores is not 4-byte aligned");
+        return NQ_OK;
+    }
+    case NQ_SCORES_QUERIES: {
+        if (!sc.queries) return fail(NQ_ERR_INVALID_ARGUMENT, "scores.queries is NULL (kind QUERIES)");
+        uint32_t eb = dtype_bytes(sc.query_dtype);
+        if (!eb) return fail(NQ_ERR_UNSUPPORTED, "scores.query_dtype is %d: not F16, BF16 or F32", (int)sc.query_dtype);
+        if ((uintptr_t)sc.queries % eb) return fail(NQ_ERR_INVALID_ARGUMENT, "scores.queries is misaligned");
+        if (sc.num_queries == 0 || sc.num_queries > 1u << 20)
+            return fail(NQ_ERR_INVALID_ARGUMENT, "scores.num_queries is %u: must be in 1..2^20", sc.num_queries);
+        Axis ax[3] = {{sc.q_stride_head, c.num_q_heads},
+                      {sc.q_stride_token, sc.num_queries},
+                      {sc.q_stride_dim ? sc.q_stride_dim : 1, c.head_dim}};
+        uint64_t span;
+        if (!axes_injective(ax, 3, &span))
+            return fail(NQ_ERR_INVALID_ARGUMENT, "scores.q_stride_head/q_stride_token/q_stride_dim overlap");
+        uint32_t k = sc.pool_kernel ? sc.pool_kernel : 7;
+        if (k % 2 == 0 || k > 1023)
+            return fail(NQ_ERR_INVALID_ARGUMENT, "scores.pool_kernel is %u: must be odd and < 1024", sc.pool_kernel);
+        return NQ_OK;
+    }
+    }
+    return fail(NQ_ERR_INVALID_ARGUMENT, "scores.kind is %d: not an nq_score_kind", (int)sc.kind);
+}
+
+}  // namespace nq
