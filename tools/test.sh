@@ -18,6 +18,9 @@ cmake --build build -j"$jobs"
 step "unit, API and CLI tests (ctest)"
 ctest --test-dir build -j"$jobs" --output-on-failure
 
+step "install: find_package and pkg-config consumers"
+bash tests/install/test_install.sh "$root" "$root/build"
+
 step "Python binding and evaluation tests (pytest)"
 export NEXUSQUANT_LIBRARY=$root/build/libnexusquant.so
 ( cd bindings/python && python3 -m pytest -q tests )
