@@ -82,8 +82,14 @@ nq_status cpu_encode(const nq_context *, const EncodeJob &job, void *) {
         for (uint32_t r = 0; r < g.pos_rows; ++r)
             for (uint32_t j = 0; j < K; ++j) {
                 uint32_t t = job.kept ? job.kept[(size_t)r * K + j] : j;
-                uint32_t pos = (uint32_t)job.positions[t];
-                std::memcpy(p + ((size_t)r * K + j) * 4, &pos, 4);
+                uint32_t off = (uint32_t)(job.positions[t] - (int64_t)h.first_position);
+                uint8_t *e = p + ((size_t)r * K + j) * g.pos_bytes;
+                if (g.pos_bytes == 2) {
+                    uint16_t o16 = (uint16_t)off;
+                    std::memcpy(e, &o16, 2);
+                } else {
+                    std::memcpy(e, &off, 4);
+                }
             }
     }
     float row[kMaxHeadDim];
@@ -125,9 +131,16 @@ nq_status cpu_encode(const nq_context *, const EncodeJob &job, void *) {
 int64_t block_position(const nq_block &b, uint32_t head, uint32_t j) {
     if (b.g.pos_rows == 0) return (int64_t)b.h.first_position + j;
     const uint32_t r = b.g.pos_rows > 1 ? head : 0;
-    uint32_t v;
-    std::memcpy(&v, b.data + b.g.offset[kSecPositions] + ((size_t)r * b.h.tokens_kept + j) * 4, 4);
-    return v;
+    const uint8_t *e = b.data + b.g.offset[kSecPositions] + ((size_t)r * b.h.tokens_kept + j) * b.g.pos_bytes;
+    uint32_t off;
+    if (b.g.pos_bytes == 2) {
+        uint16_t o16;
+        std::memcpy(&o16, e, 2);
+        off = o16;
+    } else {
+        std::memcpy(&off, e, 4);
+    }
+    return (int64_t)b.h.first_position + off;
 }
 
 nq_status cpu_decode(const nq_context *, const nq_block &b, uint32_t begin, uint32_t end, const nq_kv_desc &out,

@@ -17,7 +17,7 @@ constexpr uint32_t kBlockMagicLE = 0x424b514eu;  // "NQKB"
 constexpr uint16_t kArchiveVersion = 1;
 constexpr size_t kPrefix = 16, kEntry = 24, kChecksum = 8;
 enum Method : uint8_t { kStored = 0, kZstd = 1 };
-enum Filter : uint8_t { kNoFilter = 0, kDeltaU32 = 1 };
+enum Filter : uint8_t { kNoFilter = 0, kDelta = 1 };
 
 template <class T> void put(uint8_t *d, T v) { std::memcpy(d, &v, sizeof v); }
 template <class T> T get(const uint8_t *s) {
@@ -29,20 +29,36 @@ template <class T> T get(const uint8_t *s) {
 void *zalloc(void *opaque, size_t n) { return static_cast<const MemoryHooks *>(opaque)->alloc(n, 64); }
 void zfree(void *opaque, void *p) { static_cast<const MemoryHooks *>(opaque)->release(p); }
 
-// Delta along each row of u32 positions (in place on a copy).
-void delta_encode(uint32_t *v, size_t rows, size_t n) {
-    for (size_t r = 0; r < rows; ++r)
-        for (size_t i = n; i-- > 1;) v[r * n + i] -= v[r * n + i - 1];
+uint32_t load_pos(const uint8_t *p, size_t i, uint32_t width) {
+    if (width == 2) return get<uint16_t>(p + i * 2);
+    return get<uint32_t>(p + i * 4);
 }
 
-bool delta_decode_check(uint8_t *bytes, size_t rows, size_t n) {
+void store_pos(uint8_t *p, size_t i, uint32_t width, uint32_t v) {
+    if (width == 2)
+        put<uint16_t>(p + i * 2, (uint16_t)v);
+    else
+        put<uint32_t>(p + i * 4, v);
+}
+
+// Delta along each row of positions (in place on a copy), wrapping at the width.
+void delta_encode(uint8_t *v, size_t rows, size_t n, uint32_t width) {
+    for (size_t r = 0; r < rows; ++r)
+        for (size_t i = n; i-- > 1;)
+            store_pos(v, r * n + i, width, load_pos(v, r * n + i, width) - load_pos(v, r * n + i - 1, width));
+}
+
+// Undoes delta_encode and checks that every row is strictly increasing and that
+// base + offset stays below 2^32.
+bool delta_decode_check(uint8_t *bytes, size_t rows, size_t n, uint32_t width, uint64_t base) {
+    const uint64_t limit = width == 2 ? 0xffffull : 0xffffffffull;
     for (size_t r = 0; r < rows; ++r) {
         uint64_t prev = 0;
         for (size_t i = 0; i < n; ++i) {
-            uint32_t d = get<uint32_t>(bytes + (r * n + i) * 4);
+            uint64_t d = load_pos(bytes, r * n + i, width);
             uint64_t cur = i ? prev + d : d;
-            if (i && (d == 0 || cur > 0xffffffffull)) return false;  // strictly increasing, in range
-            put<uint32_t>(bytes + (r * n + i) * 4, (uint32_t)cur);
+            if ((i && d == 0) || cur > limit || base + cur > 0xffffffffull) return false;
+            store_pos(bytes, r * n + i, width, (uint32_t)cur);
             prev = cur;
         }
     }
@@ -107,9 +123,9 @@ extern "C" NQ_API nq_status nq_block_serialize(nq_context *ctx, const nq_block *
             pos_copy.p = ctx->mem.alloc(len, 64);
             if (!pos_copy.p) return fail(NQ_ERR_OUT_OF_MEMORY, "allocating %zu bytes for positions failed", len);
             std::memcpy(pos_copy.p, src, len);
-            delta_encode(static_cast<uint32_t *>(pos_copy.p), g.pos_rows, b->h.tokens_kept);
+            delta_encode(static_cast<uint8_t *>(pos_copy.p), g.pos_rows, b->h.tokens_kept, g.pos_bytes);
             src = static_cast<const uint8_t *>(pos_copy.p);
-            filter = kDeltaU32;
+            filter = kDelta;
         }
         uint8_t method = kStored;
         size_t stored = len;
@@ -204,7 +220,7 @@ extern "C" NQ_API nq_status nq_block_deserialize(nq_context *ctx, const void *sr
         next = s + 1;
         if (raw != g.length[s] || raw == 0) { st = fail(NQ_ERR_CORRUPT, "section %d: length %" PRIu64 ", expected %" PRIu64, s, raw, g.length[s]); break; }
         if (ent[3] || get<uint32_t>(ent + 4)) { st = fail(NQ_ERR_CORRUPT, "section %d: reserved bytes set", s); break; }
-        if (filter > kDeltaU32 || (filter == kDeltaU32) != (s == kSecPositions)) { st = fail(NQ_ERR_CORRUPT, "section %d: bad filter %u", s, filter); break; }
+        if (filter > kDelta || (filter == kDelta) != (s == kSecPositions)) { st = fail(NQ_ERR_CORRUPT, "section %d: bad filter %u", s, filter); break; }
         if (stored > total - kChecksum - cur) { st = fail(NQ_ERR_CORRUPT, "section %d: stored length past the end", s); break; }
         uint8_t *dst = b->data + g.offset[s];
         if (method == kStored) {
@@ -218,8 +234,8 @@ extern "C" NQ_API nq_status nq_block_deserialize(nq_context *ctx, const void *sr
             st = fail(NQ_ERR_CORRUPT, "section %d: unknown method %u", s, method);
             break;
         }
-        if (filter == kDeltaU32 && !delta_decode_check(dst, g.pos_rows, h.tokens_kept))
-            st = fail(NQ_ERR_CORRUPT, "positions are not strictly increasing 32-bit values");
+        if (filter == kDelta && !delta_decode_check(dst, g.pos_rows, h.tokens_kept, g.pos_bytes, h.first_position))
+            st = fail(NQ_ERR_CORRUPT, "positions are not strictly increasing or exceed 2^32 - 1");
         cur += (size_t)stored;
     }
     if (st == NQ_OK)

@@ -69,6 +69,12 @@ Plan make_plan(const nq_context *ctx, const nq_kv_desc &kv, const int64_t *posit
     } else {
         h.flags = c.evict_mode == NQ_EVICT_PER_HEAD ? (uint32_t)kFlagPositionsPerHead : 0u;
     }
+    if (!(h.flags & kFlagPositionsContiguous)) {
+        // Stored positions are offsets from the first input position: u16 when the
+        // block spans fewer than 65536 positions (half the bytes), else u32.
+        h.first_position = (uint64_t)positions[0];
+        if (positions[T - 1] - positions[0] < 65536) h.flags |= kFlagPositions16;
+    }
     h.fp16_sinks = std::min(count_below(positions, T, p.lp.fp16_sinks), K);
     h.fp16_window = std::min(p.lp.fp16_window, K - h.fp16_sinks);
     p.g = block_geometry(h);

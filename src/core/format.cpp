@@ -24,7 +24,8 @@ BlockGeometry block_geometry(const BlockHeader &h) {
     g.pos_rows = (h.flags & kFlagPositionsContiguous) ? 0 : ((h.flags & kFlagPositionsPerHead) ? h.num_heads : 1);
     g.k_code_bytes = (uint32_t)(D * h.k_bits / 8);
     g.v_code_bytes = (uint32_t)(D * h.v_bits / 8);
-    g.length[kSecPositions] = (uint64_t)g.pos_rows * h.tokens_kept * 4;
+    g.pos_bytes = (h.flags & kFlagPositions16) ? 2 : 4;
+    g.length[kSecPositions] = (uint64_t)g.pos_rows * h.tokens_kept * g.pos_bytes;
     g.length[kSecKScales] = H * g.coded * 2;
     g.length[kSecVScales] = H * g.coded * 2;
     g.length[kSecKCodes] = H * g.coded * g.k_code_bytes;
@@ -112,7 +113,10 @@ void header_read(const uint8_t *d, BlockHeader *h) {
 static bool finite_pos(double x) { return x > 0.0 && x < 1e300; }
 
 const char *header_validate(const BlockHeader &h) {
-    if (h.flags & ~(uint32_t)(kFlagPositionsPerHead | kFlagPositionsContiguous)) return "header.flags has unknown bits";
+    if (h.flags & ~(uint32_t)(kFlagPositionsPerHead | kFlagPositionsContiguous | kFlagPositions16))
+        return "header.flags has unknown bits";
+    if ((h.flags & kFlagPositionsContiguous) && (h.flags & kFlagPositions16))
+        return "header.flags: contiguous positions store no offsets";
     if ((h.flags & kFlagPositionsPerHead) && (h.flags & kFlagPositionsContiguous))
         return "header.flags: per-head positions cannot be contiguous";
     if (h.codec != 1 && h.codec != 2) return "header.codec is not E8 (1) or scalar (2)";
@@ -139,9 +143,9 @@ const char *header_validate(const BlockHeader &h) {
     if (!(h.attention_factor >= 0.0 && h.attention_factor < 1e300)) return "header.attention_factor invalid";
     if ((h.rope_scaling == 2 || h.rope_scaling == 3 || h.rope_scaling == 4) && h.rope_original_max_position == 0)
         return "header.rope_original_max_position is 0";
-    if ((h.flags & kFlagPositionsContiguous) && h.first_position + h.tokens_kept > (1ull << 32))
+    if (h.first_position >= (1ull << 32) ||
+        ((h.flags & kFlagPositionsContiguous) && h.first_position + h.tokens_kept > (1ull << 32)))
         return "header.first_position out of range";
-    if (!(h.flags & kFlagPositionsContiguous) && h.first_position != 0) return "header.first_position must be 0";
     if ((h.flags & kFlagPositionsContiguous) && h.tokens_kept != h.tokens_in)
         return "header: contiguous positions with evicted tokens";
     return nullptr;

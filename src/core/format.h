@@ -2,8 +2,9 @@
 //
 // A block is one contiguous byte image: a 128-byte header, then sections each starting
 // at a multiple of 16 bytes (padding bytes are zero):
-//   positions  u32 [P][kept]         absent when positions are contiguous; P = heads
-//                                    when each head kept its own tokens, else 1
+//   positions  u16|u32 [P][kept]     offsets from first_position; absent when
+//                                    positions are contiguous; P = heads when each
+//                                    head kept its own tokens, else 1
 //   k_scales   bf16 [heads][coded]
 //   v_scales   bf16 [heads][coded]
 //   k_codes    u8 [heads][coded][head_dim*k_bits/8]
@@ -26,6 +27,7 @@ constexpr uint32_t kSectionAlign = 16;
 enum BlockFlags : uint32_t {
     kFlagPositionsPerHead = 1u << 0,
     kFlagPositionsContiguous = 1u << 1,
+    kFlagPositions16 = 1u << 2,  // positions stored as u16 offsets from first_position
 };
 
 enum Section : int {
@@ -63,6 +65,7 @@ struct BlockGeometry {
     uint32_t coded;        // coded tokens per head
     uint32_t raw;          // fp16 tokens per head
     uint32_t pos_rows;     // 0 (contiguous), 1 or heads
+    uint32_t pos_bytes;    // 2 or 4 per stored position
     uint32_t k_code_bytes; // per token
     uint32_t v_code_bytes;
 };
