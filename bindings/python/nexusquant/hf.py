@@ -1,0 +1,691 @@
+"""Hugging Face transformers integration: a compressed KV cache for ``generate``.
+
+    from nexusquant.hf import nexusquant_evict
+
+    with nexusquant_evict(model, quality="balanced") as nq:
+        out = model.generate(input_ids, max_new_tokens=200)
+    print(nq.last_cache.memory_report())
+
+What happens
+------------
+`NexusQuantCache` is a transformers `Cache`. Each attention layer keeps, per batch
+element, a library `Sequence` (real compressed blocks) plus a small full-precision
+window of recent tokens:
+
+* The prefill pass of a layer attends over its exact keys and values (compression after
+  the prefill cannot change the prefill's own outputs). Right after, the layer's K/V
+  (post-RoPE, ``[batch, kv_heads, T, head_dim]``) are compressed per batch element into
+  one block (eviction, RoPE removal, Hadamard, E8 quantisation) and the tensors are
+  dropped: the memory the cache holds really shrinks.
+* Tokens processed after the prefill (generated tokens, or the prompt of a second turn
+  on a reused cache) stay at full precision in the window. When the window holds
+  ``window + chunk`` tokens, the oldest ones (a multiple of ``chunk``) are appended to
+  the sequence as a new block: quantised only, never evicted, nothing stored is
+  compressed again.
+* Positions are the original ones. After eviction the attention sees fewer keys than
+  tokens were seen; `get_seq_length` still counts every token seen (so new tokens get
+  RoPE positions that continue from the original length) while `get_mask_sizes`
+  describes the keys the attention really gets. The library re-applies RoPE to the
+  kept keys at their original positions when it decodes them.
+* Attention is the unfused path: on every forward after the prefill, `update` decodes
+  each layer's compressed tokens into a fresh tensor of the model's dtype and
+  concatenates the full-precision window and the new tokens. That tensor is transient
+  (freed after the layer's attention) but it costs a full decode per layer per step.
+
+Devices: CPU tensors are passed to the library by pointer. CUDA tensors are passed by
+device pointer only when the loaded library has a CUDA backend; otherwise each
+compress copies the K/V to host memory and each decode writes to host memory and
+copies the result to the device. `NexusQuantCache.transfer` says which
+(``"host"``, ``"device"`` or ``"host-staging"``) and `memory_report()` repeats it.
+
+Batches: every batch element is compressed into its own sequence. With the same
+prompt length every element keeps the same number of tokens. Left-padded batches are
+exact without eviction (the padding tokens are stored too and the model's attention
+mask keeps hiding them). With eviction, which tokens survive differs per element,
+and the 2D padding mask no longer lines up with the kept keys: such batches are
+refused (run the prompts one at a time, or use ``quality="lossless"``/``evict=0``).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import warnings
+import weakref
+from typing import Optional
+
+import numpy as np
+import torch
+from transformers.cache_utils import (
+    DYNAMIC_LAYER_TYPE_MAPPING,
+    Cache,
+    CacheLayerMixin,
+    get_layer_types_and_kwargs,
+)
+
+from . import _lib as L
+from .core import Block, Context, NexusQuantError, RopeSpec, Sequence
+
+__all__ = ["NexusQuantCache", "NexusQuantLayer", "nexusquant_evict", "rope_spec_from_config", "library_has_cuda"]
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Model types whose rotary embedding pairs (2i, 2i+1) rather than (i, i + d/2).
+_INTERLEAVED_ROPE = {"gptj", "cohere", "cohere2", "glm", "chatglm"}
+_NQ_ERR_BACKEND_UNAVAILABLE = 8
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def _text_config(config):
+    get = getattr(config, "get_text_config", None)
+    return get(decoder=True) if get is not None else config
+
+
+def model_shape(config) -> dict:
+    """num_layers, num_q_heads, num_kv_heads and head_dim of a (text) config."""
+    c = _text_config(config)
+    q_heads = c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or q_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // q_heads
+    return {"num_layers": c.num_hidden_layers, "num_q_heads": q_heads, "num_kv_heads": kv_heads,
+            "head_dim": head_dim}
+
+
+def _rope_parameters(c) -> dict:
+    """The RoPE settings of a config as one flat dict (transformers 5 `rope_parameters`,
+    or the 4.x `rope_theta` + `rope_scaling` attributes)."""
+    params = getattr(c, "rope_parameters", None)
+    if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):
+        # one entry per layer type: the full-attention layers are the ones compressed
+        params = params.get("full_attention") or next(iter(params.values()))
+    out = dict(params) if isinstance(params, dict) else {}
+    if "rope_theta" not in out and getattr(c, "rope_theta", None) is not None:
+        out["rope_theta"] = c.rope_theta
+    scaling = getattr(c, "rope_scaling", None)
+    if isinstance(scaling, dict) and "rope_type" not in out and "type" not in out:
+        for key, val in scaling.items():
+            out.setdefault(key, val)
+    if "partial_rotary_factor" not in out and getattr(c, "partial_rotary_factor", None) is not None:
+        out["partial_rotary_factor"] = c.partial_rotary_factor
+    return out
+
+
+def rope_spec_from_config(config, mode: str = "remove") -> RopeSpec:
+    """The model's RoPE (theta, scaling, partial rotary, pairing) as a library `RopeSpec`.
+
+    Supported `rope_type`s: default, linear, dynamic (NTK), llama3, yarn. Any other type
+    (longrope, mrope, yarn with ``truncate=False``, ...) cannot be removed exactly, so
+    the keys are quantised with their rotation left in (``mode="keep"``) and a warning
+    says so; decode then returns them exactly as rotated.
+    """
+    c = _text_config(config)
+    p = _rope_parameters(c)
+    shape = model_shape(c)
+    rtype = p.get("rope_type", p.get("type", "default")) or "default"
+    theta = float(p.get("rope_theta", 10000.0))
+    partial = float(p.get("partial_rotary_factor", 1.0) or 1.0)
+    rotary = int(shape["head_dim"] * partial)
+    pairing = "interleaved" if getattr(c, "model_type", "") in _INTERLEAVED_ROPE else "split"
+    spec = RopeSpec(mode=mode, pairing=pairing, theta=theta,
+                    rotary_dims=0 if rotary == shape["head_dim"] else rotary)
+    if mode != "remove":
+        return spec
+    factor = p.get("factor")
+    orig = p.get("original_max_position_embeddings")
+    if rtype == "default":
+        return spec
+    if rtype == "linear":
+        spec.scaling, spec.factor = "linear", float(factor)
+        return spec
+    if rtype == "dynamic":
+        # transformers grows the base against max_position_embeddings (rope_utils' dynamic NTK)
+        spec.scaling, spec.factor = "dynamic", float(factor)
+        spec.original_max_position = int(c.max_position_embeddings)
+        return spec
+    if rtype == "llama3":
+        spec.scaling, spec.factor = "llama3", float(factor)
+        spec.original_max_position = int(orig)
+        spec.low_freq_factor = float(p.get("low_freq_factor", 1.0))
+        spec.high_freq_factor = float(p.get("high_freq_factor", 4.0))
+        return spec
+    if rtype == "yarn" and p.get("truncate", True):
+        orig = int(orig or c.max_position_embeddings)
+        if factor is None:
+            factor = c.max_position_embeddings / orig
+        factor = float(factor)
+        att = p.get("attention_factor")
+        if att is None:
+            def mscale(scale, m=1.0):
+                return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+            ms, ms_all = p.get("mscale"), p.get("mscale_all_dim")
+            att = mscale(factor, ms) / mscale(factor, ms_all) if ms and ms_all else mscale(factor)
+        spec.scaling, spec.factor, spec.original_max_position = "yarn", factor, orig
+        spec.beta_fast = float(p.get("beta_fast") or 32.0)
+        spec.beta_slow = float(p.get("beta_slow") or 1.0)
+        spec.attention_factor = float(att)
+        return spec
+    warnings.warn(f"nexusquant: rope_type {rtype!r} cannot be removed exactly; keys are quantised with their "
+                  "rotation kept (rope mode 'keep')", stacklevel=3)
+    spec.mode = "keep"
+    return spec
+
+
+# ---------------------------------------------------------------------------- devices
+
+_CUDA_BACKEND: Optional[bool] = None
+
+
+def library_has_cuda() -> bool:
+    """Whether the loaded libnexusquant was built with a CUDA backend that found a device."""
+    global _CUDA_BACKEND
+    if _CUDA_BACKEND is None:
+        try:
+            Context(8, 1, backend="cuda").free()
+            _CUDA_BACKEND = True
+        except NexusQuantError as e:
+            if e.status not in (_NQ_ERR_BACKEND_UNAVAILABLE, 2):
+                raise
+            _CUDA_BACKEND = False
+    return _CUDA_BACKEND
+
+
+def _safe_view(x: torch.Tensor) -> torch.Tensor:
+    """x itself when the library can read it through its strides, else a contiguous copy."""
+    if any(s == 0 for s, n in zip(x.stride(), x.shape) if n > 1):
+        return x.contiguous()
+    return x
+
+
+# ---------------------------------------------------------------------------- layer
+
+
+class NexusQuantLayer(CacheLayerMixin):
+    """One attention layer: compressed library sequences + a full-precision window.
+
+    `keys`/`values` hold the full-precision window only ``[batch, kv_heads, W, head_dim]``;
+    the compressed tokens live in `sequences` (one `core.Sequence` per batch element).
+    """
+
+    is_compileable = False
+    is_croppable = False
+    is_sliding = False
+
+    def __init__(self, cache: "NexusQuantCache", layer_idx: int):
+        super().__init__()
+        self._cache = weakref.proxy(cache)
+        self.layer_idx = layer_idx
+        self.sequences: Optional[list] = None
+        self.seen = 0            # tokens seen, evicted ones included (original count)
+        self.window_start = 0    # original position of the window's first token
+        self.stored = 0          # tokens per head held compressed (the same for every element)
+        self.compress_calls = 0  # library compress calls (prefill + appended chunks)
+
+    # -- transformers API
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        if key_states.dtype not in _DTYPES:
+            raise TypeError(f"nexusquant: KV dtype {key_states.dtype} is not float16/bfloat16/float32")
+        self.dtype, self.device = key_states.dtype, key_states.device
+        b, h, _, d = key_states.shape
+        self.keys = key_states.new_empty((b, h, 0, d))
+        self.values = value_states.new_empty((b, h, 0, value_states.shape[-1]))
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Stores new K/V and returns what the attention should use.
+
+        First call (the prefill): returns the exact K/V, then compresses them into one
+        block per batch element and keeps nothing else. Later calls: returns the decoded
+        compressed tokens + the full-precision window + the new tokens (unfused path).
+        """
+        if not self.is_initialized or (self.sequences is None and self.keys.shape[0] != key_states.shape[0]):
+            self.lazy_initialization(key_states, value_states)
+        q = key_states.shape[-2]
+        if self.sequences is None:
+            if q == 0:
+                return key_states, value_states
+            self.sequences = [self._new_sequence() for _ in range(key_states.shape[0])]
+            self._compress(key_states, value_states, start=0)
+            self.seen = self.window_start = q
+            return key_states, value_states
+        out_k, out_v = self._assemble(key_states, value_states)
+        if q:
+            self.keys = torch.cat([self.keys, key_states], dim=-2)
+            self.values = torch.cat([self.values, value_states], dim=-2)
+            self.seen += q
+            self._flush()
+        return out_k, out_v
+
+    def get_seq_length(self) -> int:
+        """Every token seen (evicted ones too): new tokens continue from this position."""
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple:
+        """(kv_length, kv_offset): the attention gets `stored + window + query_length`
+        keys; the offset is the number of evicted tokens, so that the causal mask lines
+        the last key up with the last query (query positions start at `seen`)."""
+        held = self.stored + self.keys.shape[-2] if self.is_initialized else 0
+        return held + query_length, self.seen - held
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self._free()
+        self.keys = self.values = None
+        self.is_initialized = False
+        self.seen = self.window_start = self.stored = 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drops the last -tokens_to_remove tokens; only the full-precision window can be cropped."""
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative number of tokens to remove")
+        n = -tokens_to_remove
+        if n == 0 or not self.is_initialized:
+            return
+        if n > self.keys.shape[-2]:
+            raise NotImplementedError("nexusquant: cannot crop tokens that are already compressed")
+        self.keys = self.keys[..., : self.keys.shape[-2] - n, :].clone()
+        self.values = self.values[..., : self.values.shape[-2] - n, :].clone()
+        self.seen -= n
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._select([int(i) for i in beam_idx.tolist()])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self._select([b for b in range(self.keys.shape[0]) for _ in range(repeats)])
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            idx = torch.arange(self.keys.shape[0])[indices.cpu() if torch.is_tensor(indices) else indices]
+            self._select([int(i) for i in idx.tolist()])
+
+    # -- nexusquant
+
+    @property
+    def window_length(self) -> int:
+        return self.keys.shape[-2] if self.is_initialized else 0
+
+    def compressed_bytes(self) -> int:
+        """Every byte of the library blocks of this layer (all batch elements)."""
+        return sum(s.nbytes for s in self.sequences) if self.sequences else 0
+
+    def window_bytes(self) -> int:
+        if not self.is_initialized:
+            return 0
+        return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+
+    def num_blocks(self, batch: int = 0) -> int:
+        return self.sequences[batch].num_blocks if self.sequences else 0
+
+    def positions(self, batch: int = 0, head: int = 0) -> np.ndarray:
+        """Original positions of the keys the attention sees for (batch, head), in order."""
+        comp = self.sequences[batch].positions(head) if self.sequences else np.empty(0, np.int64)
+        win = np.arange(self.window_start, self.window_start + self.window_length, dtype=np.int64)
+        return np.concatenate([comp, win])
+
+    def _new_sequence(self) -> Sequence:
+        return self._cache.context.sequence(self.layer_idx)
+
+    def _free(self):
+        for s in self.sequences or ():
+            s.free()
+        self.sequences = None
+
+    def _compress(self, k: torch.Tensor, v: torch.Tensor, start: int):
+        """Appends k, v ([batch, heads, n, dim], original positions start..start+n-1) as one
+        block per batch element."""
+        staging = self._cache.transfer == "host-staging"
+        if k.is_cuda and not staging:
+            torch.cuda.current_stream(k.device).synchronize()
+        kept = set()
+        for b, seq in enumerate(self.sequences):
+            kb, vb = k[b], v[b]
+            if staging:
+                kb, vb = kb.to("cpu"), vb.to("cpu")
+            seq.append(_safe_view(kb), _safe_view(vb), start_position=start)
+            kept.add(seq.num_tokens)
+        self.compress_calls += len(self.sequences)
+        if len(kept) != 1:  # cannot happen with equal lengths; guard the invariant the mask relies on
+            raise RuntimeError(f"nexusquant: batch elements kept different token counts {sorted(kept)}")
+        self.stored = kept.pop()
+
+    def _flush(self):
+        """Compresses the oldest window tokens once the window holds window + chunk tokens."""
+        cache = self._cache
+        w = self.keys.shape[-2]
+        if w < cache.window + cache.chunk:
+            return
+        n = (w - cache.window) // cache.chunk * cache.chunk
+        self._compress(self.keys[..., :n, :], self.values[..., :n, :], start=self.window_start)
+        # clone so that the old window's storage is really released
+        self.keys = self.keys[..., n:, :].clone()
+        self.values = self.values[..., n:, :].clone()
+        self.window_start += n
+
+    def _assemble(self, new_k: torch.Tensor, new_v: torch.Tensor):
+        """[decoded compressed | window | new] along the token axis."""
+        b, h, q, d = new_k.shape
+        r, w = self.stored, self.keys.shape[-2]
+        out_k = new_k.new_empty((b, h, r + w + q, d))
+        out_v = new_v.new_empty((b, h, r + w + q, new_v.shape[-1]))
+        if r:
+            staging = self._cache.transfer == "host-staging"
+            if staging:
+                dk = torch.empty((b, h, r, d), dtype=new_k.dtype, pin_memory=torch.cuda.is_available())
+                dv = torch.empty((b, h, r, new_v.shape[-1]), dtype=new_v.dtype, pin_memory=torch.cuda.is_available())
+            else:
+                dk, dv = out_k[:, :, :r], out_v[:, :, :r]
+                if new_k.is_cuda:
+                    torch.cuda.current_stream(new_k.device).synchronize()
+            for i, seq in enumerate(self.sequences):
+                seq.decode(0, r, out=(dk[i], dv[i]))
+            if staging:
+                out_k[:, :, :r].copy_(dk, non_blocking=True)
+                out_v[:, :, :r].copy_(dv, non_blocking=True)
+        out_k[:, :, r:r + w] = self.keys
+        out_v[:, :, r:r + w] = self.values
+        out_k[:, :, r + w:] = new_k
+        out_v[:, :, r + w:] = new_v
+        return out_k, out_v
+
+    def _select(self, indices: list):
+        """Keeps batch elements `indices` (repeats allowed: repeated sequences are copied
+        block by block, byte for byte)."""
+        if not self.is_initialized:
+            return
+        if self.sequences is not None:
+            seen, new = set(), []
+            for i in indices:
+                new.append(self.sequences[i] if i not in seen else _clone_sequence(self.sequences[i], self.layer_idx))
+                seen.add(i)
+            for i, s in enumerate(self.sequences):
+                if i not in seen:
+                    s.free()
+            self.sequences = new
+        idx = torch.tensor(indices, device=self.keys.device)
+        self.keys = self.keys.index_select(0, idx)
+        self.values = self.values.index_select(0, idx)
+
+
+def _clone_sequence(seq: Sequence, layer: int) -> Sequence:
+    """A new sequence holding byte-identical copies of seq's blocks (host blocks; the
+    copy goes through the archive form, which restores the resident bytes exactly)."""
+    lib = L.lib()
+    ctx = seq._ctx
+    out = ctx.sequence(layer)
+    for i in range(seq.num_blocks):
+        src = Block(lib.nq_sequence_block(seq._h, i), ctx, owned=False)
+        blk = ctx.deserialize(src.serialize())
+        _check_status(lib.nq_sequence_append_block(out._h, blk.handle))
+        blk._owned = False  # the sequence owns it now
+    return out
+
+
+def _check_status(status: int):
+    if status != 0:
+        raise NexusQuantError(status, L.lib().nq_last_error().decode())
+
+
+# ---------------------------------------------------------------------------- cache
+
+
+class NexusQuantCache(Cache):
+    """A transformers `Cache` whose attention layers are compressed by libnexusquant.
+
+    Args:
+        model_or_config: the model (or its config): layer count, heads, head_dim and RoPE
+            are read from it.
+        quality: a library preset: lossless (quantisation only; every preset is lossy),
+            high = conservative, balanced, max = aggressive, S/M/L/XL, or custom.
+        k_bits, v_bits, evict: override the preset's bits and evicted fraction of the
+            prefill.
+        window: full-precision tokens kept after the prefill (the most recent ones).
+        chunk: when the window holds window + chunk tokens, the oldest multiple of chunk
+            tokens is appended to the compressed sequence (quantised only).
+        rope: a `RopeSpec` overriding what `rope_spec_from_config` reads.
+        num_threads: CPU threads of the library (default: torch's intra-op threads).
+        **context_kwargs: any other `core.Context` setting (sink_tokens, recent_window,
+            fp16_sinks, fp16_window, codec, evict_mode, overrides, ...).
+
+    Layers that are not full attention (sliding window, linear attention) keep the
+    ordinary transformers layer for their type, uncompressed.
+
+    The attention path is unfused: every forward after the prefill decodes each layer's
+    compressed tokens into a transient tensor (see the module docstring).
+    """
+
+    def __init__(self, model_or_config, quality: str = "lossless", *, k_bits: Optional[int] = None,
+                 v_bits: Optional[int] = None, evict: Optional[float] = None, window: int = 32, chunk: int = 32,
+                 rope: Optional[RopeSpec] = None, num_threads: Optional[int] = None, **context_kwargs):
+        config = getattr(model_or_config, "config", model_or_config)
+        text = _text_config(config)
+        shape = model_shape(text)
+        if window < 0 or chunk < 1:
+            raise ValueError("window must be >= 0 and chunk >= 1")
+        self.window, self.chunk = int(window), int(chunk)
+        self.quality = quality
+        self.rope = rope if rope is not None else rope_spec_from_config(text)
+        if num_threads is None:
+            num_threads = max(1, torch.get_num_threads())
+        self.context = Context(shape["head_dim"], shape["num_kv_heads"], shape["num_q_heads"], preset=quality,
+                               k_bits=k_bits, v_bits=v_bits, evict=evict, rope=self.rope,
+                               num_threads=num_threads, num_layers=shape["num_layers"], **context_kwargs)
+        self.shape = shape
+        layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
+        layers = []
+        for i, (kind, kw) in enumerate(zip(layer_types, layer_kwargs)):
+            layers.append(NexusQuantLayer(self, i) if kind == "full_attention"
+                          else DYNAMIC_LAYER_TYPE_MAPPING[kind](**kw))
+        super().__init__(layers=layers)
+        self._transfer = None
+
+    # -- properties
+
+    @property
+    def transfer(self) -> str:
+        """How K/V reach the library: "host" (CPU tensors by pointer), "device" (CUDA
+        tensors by device pointer, the library has a CUDA backend) or "host-staging"
+        (CUDA tensors copied to host for compress and decoded on host then copied back)."""
+        if self._transfer is None:
+            dev = next((l.device for l in self.layers if getattr(l, "is_initialized", False)
+                        and getattr(l, "device", None) is not None), None)
+            if dev is None:
+                return "host"
+            self._transfer = "host" if dev.type == "cpu" else ("device" if library_has_cuda() else "host-staging")
+        return self._transfer
+
+    @property
+    def evicts(self) -> bool:
+        """Whether any layer evicts tokens of the prefill."""
+        n = self.shape["num_layers"]
+        return any(self.context.layer_params(i)["evict_fraction"] > 0 for i in range(n))
+
+    @property
+    def compressed_layers(self) -> list:
+        return [l for l in self.layers if isinstance(l, NexusQuantLayer)]
+
+    @property
+    def compress_calls(self) -> int:
+        """Library compress calls so far (one per layer and batch element per block)."""
+        return sum(l.compress_calls for l in self.compressed_layers)
+
+    def positions(self, layer: int, batch: int = 0, head: int = 0) -> np.ndarray:
+        """Original positions of the keys the attention sees in (layer, batch, kv head)."""
+        return self.layers[layer].positions(batch, head)
+
+    def memory_report(self) -> dict:
+        """What the cache really holds, in bytes.
+
+        compressed_bytes        every byte of the library blocks (resident form: header,
+                                positions, scales, codes, fp16 sinks/window, padding)
+        window_bytes            the full-precision tensors held (the recent window, and
+                                any uncompressed layer)
+        total_bytes             compressed_bytes + window_bytes
+        fp16_equivalent_bytes   what a DynamicCache in fp16 would hold for the same tokens
+                                (2 x layers x batch x kv_heads x head_dim x tokens x 2)
+        dynamic_cache_bytes     the same in the model's own dtype (fp32 models: twice that)
+        ratio                   fp16_equivalent_bytes / total_bytes
+
+        This counts the cache and nothing else. Measuring it as the difference of
+        torch.cuda.memory_allocated() before and after a forward also counts what that
+        forward left allocated besides the cache (the logits, [batch, T, vocab], are
+        returned with it), and misses memory the library allocates outside torch.
+        """
+        comp = win = fp16 = native = 0
+        tokens = kept = 0
+        for layer in self.layers:
+            if not getattr(layer, "is_initialized", False) or layer.keys is None:
+                continue
+            b, h, _, d = layer.keys.shape
+            seen = layer.get_seq_length()
+            fp16 += 2 * b * h * d * seen * 2
+            native += 2 * b * h * d * seen * layer.keys.element_size()
+            if isinstance(layer, NexusQuantLayer):
+                comp += layer.compressed_bytes()
+                win += layer.window_bytes()
+                tokens = max(tokens, seen)
+                kept = max(kept, layer.stored + layer.window_length)
+            else:
+                win += layer.keys.numel() * layer.keys.element_size() * 2
+        total = comp + win
+        return {
+            "compressed_bytes": comp,
+            "window_bytes": win,
+            "total_bytes": total,
+            "fp16_equivalent_bytes": fp16,
+            "dynamic_cache_bytes": native,
+            "ratio": fp16 / total if total else float("nan"),
+            "tokens_seen": tokens,
+            "tokens_attended": kept,
+            "quality": self.quality,
+            "transfer": self.transfer,
+        }
+
+    def __repr__(self):
+        return f"NexusQuantCache(quality={self.quality!r}, layers={len(self.layers)})"
+
+
+# ---------------------------------------------------------------------------- context manager
+
+
+def _has_padding(attention_mask) -> bool:
+    return torch.is_tensor(attention_mask) and attention_mask.ndim == 2 and not bool(attention_mask.all())
+
+
+class nexusquant_evict:
+    """Context manager: inside it, `model.generate(...)` and cached `model(...)` calls use
+    a `NexusQuantCache`.
+
+        with nexusquant_evict(model, quality="balanced") as nq:
+            out = model.generate(ids, max_new_tokens=100)
+        nq.last_cache.memory_report()
+
+    It sets `generate` and `forward` as attributes of this model instance (wrappers
+    that pass a fresh `NexusQuantCache` as `past_key_values` when the caller gave no
+    cache and caching is on) and restores exactly what was there on exit: the class
+    methods, or an instance attribute that was already set (e.g. by accelerate hooks).
+    A cache passed in by the caller (a `NexusQuantCache` from an earlier turn, or any
+    other cache) is used as given.
+
+    What it cannot change: the outputs of the prefill pass itself. The compressed cache
+    is only read by tokens processed after the prefill, so `model(ids, labels=ids).loss`
+    is the same with and without it.
+
+    Arguments are those of `NexusQuantCache` (quality, k_bits, v_bits, evict, window,
+    chunk, rope, num_threads, ...).
+    """
+
+    def __init__(self, model, quality: str = "lossless", **settings):
+        self.model = model
+        self.settings = dict(settings, quality=quality)
+        # fail early on bad settings (unknown preset, bits out of range)
+        NexusQuantCache(model, **self.settings)
+        self._saved = None
+        self._caches = []
+
+    # -- caches
+
+    def new_cache(self) -> NexusQuantCache:
+        cache = NexusQuantCache(self.model, **self.settings)
+        self._caches.append(weakref.ref(cache))
+        return cache
+
+    @property
+    def caches(self) -> list:
+        """The caches this manager created that are still alive."""
+        return [c for c in (r() for r in self._caches) if c is not None]
+
+    @property
+    def last_cache(self) -> Optional[NexusQuantCache]:
+        for r in reversed(self._caches):
+            c = r()
+            if c is not None:
+                return c
+        return None
+
+    # -- patching
+
+    def __enter__(self):
+        if self._saved is not None:
+            raise RuntimeError("this nexusquant_evict is already active")
+        model = self.model
+        self._saved = {name: model.__dict__.get(name, _MISSING) for name in ("generate", "forward")}
+        orig_generate, orig_forward = model.generate, model.forward
+        fwd_sig = inspect.signature(orig_forward)
+
+        @functools.wraps(orig_generate)
+        def generate(*args, **kwargs):
+            gen_cfg = kwargs.get("generation_config")
+            use_cache = kwargs.get("use_cache", getattr(gen_cfg, "use_cache", True))
+            if kwargs.get("past_key_values") is None and use_cache is not False \
+                    and kwargs.get("cache_implementation") is None:
+                kwargs["past_key_values"] = self.new_cache()
+            self._check_padding(kwargs.get("past_key_values"), kwargs.get("attention_mask"))
+            return orig_generate(*args, **kwargs)
+
+        @functools.wraps(orig_forward)
+        def forward(*args, **kwargs):
+            try:
+                bound = fwd_sig.bind_partial(*args, **kwargs).arguments
+            except TypeError:
+                bound = kwargs
+            if bound.get("past_key_values") is None and "past_key_values" in fwd_sig.parameters:
+                use_cache = bound.get("use_cache")
+                if use_cache is None:
+                    use_cache = getattr(model.config, "use_cache", False) and not model.training
+                if use_cache:
+                    kwargs["past_key_values"] = self.new_cache()
+            self._check_padding(bound.get("past_key_values") or kwargs.get("past_key_values"),
+                                bound.get("attention_mask"))
+            return orig_forward(*args, **kwargs)
+
+        model.generate = generate
+        model.forward = forward
+        return self
+
+    def __exit__(self, *exc):
+        model = self.model
+        for name, val in self._saved.items():
+            if val is _MISSING:
+                model.__dict__.pop(name, None)
+            else:
+                model.__dict__[name] = val
+        self._saved = None
+        return False
+
+    def _check_padding(self, cache, attention_mask):
+        if isinstance(cache, NexusQuantCache) and _has_padding(attention_mask) and cache.evicts:
+            raise NotImplementedError(
+                "nexusquant: left-padded batches cannot be evicted (the padding mask would no longer line up "
+                "with the kept keys); use quality='lossless' or evict=0, or run the prompts one at a time")
+
+
+class _Missing:
+    def __repr__(self):
+        return "<missing>"
+
+
+_MISSING = _Missing()
