@@ -164,6 +164,22 @@ void write_file(const std::string &path, const void *data, size_t bytes) {
     if (bad) throw CliError("error writing '" + path + "' (disk full?)");
 }
 
+std::string printable(const std::string &s, size_t max_len) {
+    std::string o;
+    for (size_t i = 0; i < s.size() && i < max_len; ++i) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c < 0x7f) {
+            o += (char)c;
+        } else {
+            char b[8];
+            std::snprintf(b, sizeof b, "\\x%02x", c);
+            o += b;
+        }
+    }
+    if (s.size() > max_len) o += "...";
+    return o;
+}
+
 std::string group_digits(uint64_t v) {
     std::string s = std::to_string(v), out;
     int c = 0;

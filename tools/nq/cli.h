@@ -61,6 +61,10 @@ double parse_real(const std::string &text, const std::string &what);
 std::vector<uint8_t> read_file(const std::string &path);
 void write_file(const std::string &path, const void *data, size_t bytes);
 
+// Bytes from a file made safe for a message: non-printable and non-ASCII bytes
+// become \xNN, and the text is cut at max_len.
+std::string printable(const std::string &s, size_t max_len = 200);
+
 // 16,777,216,000
 std::string group_digits(uint64_t v);
 

@@ -107,7 +107,7 @@ private:
                 put_utf8(o, cp);
                 break;
             }
-            default: fail(std::string("unknown escape \\") + e);
+            default: fail("unknown escape \\" + printable(std::string(1, e)));
             }
         }
     }

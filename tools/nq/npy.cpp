@@ -54,7 +54,7 @@ struct HeaderParser {
     size_t i = 0;
 
     [[noreturn]] void fail(const std::string &msg) const {
-        throw CliError(what + ": malformed .npy header (" + msg + "): " + h);
+        throw CliError(what + ": malformed .npy header (" + msg + "): " + printable(h));
     }
     void ws() {
         while (i < h.size() && std::isspace((unsigned char)h[i])) ++i;
@@ -127,7 +127,7 @@ Header parse_header(const std::string &text, const std::string &what) {
             ++p.i;
             hd.has_shape = true;
         } else {
-            p.fail("unknown key '" + key + "'");
+            p.fail("unknown key '" + printable(key) + "'");
         }
         if (p.peek(',')) ++p.i;
         else if (!p.peek('}')) p.fail("expected ',' or '}'");
@@ -136,7 +136,8 @@ Header parse_header(const std::string &text, const std::string &what) {
     return hd;
 }
 
-NpyType type_of(const std::string &descr, bool bf16_hint, const std::string &what) {
+NpyType type_of(const std::string &raw_descr, bool bf16_hint, const std::string &what) {
+    const std::string descr = printable(raw_descr);
     if (descr == "<f2") return NpyType::F16;
     if (descr == "<f4") return NpyType::F32;
     if (descr == "<i8") return NpyType::I64;
