@@ -526,6 +526,19 @@ NQ_API nq_status nq_block_deserialize(nq_context *ctx, const void *src, size_t l
 
 NQ_API void nq_block_free(nq_block *blk);
 
+/* Copies a block into `memory` (NQ_MEMORY_HOST, or the GPU backend's memory) of
+ * `device`: host to device, device to host, or host to host. dst: NULL (the image is
+ * allocated with the context's allocator) or caller memory of `capacity` >= the
+ * block's bytes, 16-byte aligned, which must outlive the copy. A copy that involves a
+ * device is enqueued on `stream` and nothing waits for it: the new block may be read on
+ * the host (digest, serialise, positions) once the stream has passed the copy, and the
+ * source must live until then. Into pageable host memory the runtime may finish the copy
+ * before returning; into pinned memory it overlaps other work. The usual way to archive
+ * a device block: nq_block_copy to the host, wait for the stream (or an event), then
+ * nq_block_serialize on any CPU thread. */
+NQ_API nq_status nq_block_copy(nq_context *ctx, const nq_block *src, nq_memory memory, int32_t device, void *dst,
+                               size_t capacity, void *stream, nq_block **out);
+
 /* ---------------------------------------------------------------- sequences */
 
 /* A growing (layer, sequence): the prefill is compressed once, later chunks of tokens

@@ -54,4 +54,44 @@ nq_status select_tokens(const nq_context *ctx, const nq_kv_desc &kv, const Layer
 // for the paged mode).
 uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, const int64_t *positions);
 
+
+#if defined(NQ_HAVE_GPU)
+// The GPU backend (backends/cuda/; HIP builds compile the same sources). Built when
+// NQ_CUDA or NQ_HIP is on; absent otherwise.
+#if defined(NQ_HAVE_HIP)
+constexpr nq_memory kGpuMemory = NQ_MEMORY_HIP;
+constexpr const char *kGpuName = "HIP";
+#else
+constexpr nq_memory kGpuMemory = NQ_MEMORY_CUDA;
+constexpr const char *kGpuName = "CUDA";
+#endif
+
+// One block of a GPU compress batch. job.kept holds tokens selected on the host (NULL
+// when nothing is evicted or the device selects: sel_rows != 0).
+struct GpuItem {
+    EncodeJob job;
+    nq_score_desc scores;     // device selection: GIVEN (device memory) or KEY_NORM
+    uint32_t sel_rows;        // 0, 1 (head-shared) or num_heads (per head)
+    uint32_t sel_lo, sel_hi;  // sinks [0, lo) and window [hi, T) are kept...
+    uint32_t sel_m;           // ...and sel_m tokens of [lo, hi) by score
+};
+
+// NQ_OK when the runtime has device `device`; NQ_ERR_BACKEND_UNAVAILABLE otherwise.
+nq_status gpu_device_check(int32_t device);
+// Device workspace a compress batch of these items needs (an upper bound).
+size_t gpu_workspace_bound(const nq_context *ctx, const nq_kv_desc *items, size_t n);
+nq_status gpu_compress(nq_context *ctx, const GpuItem *items, size_t n, void *workspace, size_t workspace_bytes,
+                       void *stream);
+nq_status gpu_decode(nq_context *ctx, const nq_block &b, uint32_t begin, uint32_t end, const nq_kv_desc &out,
+                     void *stream);
+// The default allocator's device memory.
+void *gpu_alloc(size_t bytes, int32_t device);
+void gpu_free(void *p, int32_t device);
+// Copies bytes between host and device memory (either direction) on `stream`.
+nq_status gpu_copy(void *dst, nq_memory dst_memory, const void *src, nq_memory src_memory, size_t bytes,
+                   int32_t device, void *stream);
+// Frees what the backend keeps for a context (RoPE tables).
+void gpu_context_release(nq_context *ctx);
+#endif
+
 }  // namespace nq

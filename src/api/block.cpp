@@ -8,8 +8,8 @@
 
 namespace nq {
 
-nq_status block_create(const MemoryHooks &mem, const BlockHeader &h, void *external, size_t external_cap,
-                       nq_block **out) {
+nq_status block_create_in(const MemoryHooks &mem, const BlockHeader &h, nq_memory memory, int32_t device,
+                          void *external, size_t external_cap, nq_block **out) {
     BlockGeometry g = block_geometry(h);
     void *hp = mem.alloc(sizeof(nq_block), alignof(nq_block));
     if (!hp) return fail(NQ_ERR_OUT_OF_MEMORY, "allocating a block handle failed");
@@ -18,8 +18,9 @@ nq_status block_create(const MemoryHooks &mem, const BlockHeader &h, void *exter
     b->h.total_bytes = g.total;
     b->g = g;
     b->mem = mem;
-    b->memory = NQ_MEMORY_HOST;
-    b->device = 0;
+    b->memory = memory;
+    b->device = memory == NQ_MEMORY_HOST ? 0 : device;
+    b->max_position = -1;
     if (external) {
         if (external_cap < g.total) {
             mem.release(hp);
@@ -29,15 +30,22 @@ nq_status block_create(const MemoryHooks &mem, const BlockHeader &h, void *exter
         b->data = static_cast<uint8_t *>(external);
         b->owns_data = false;
     } else {
-        b->data = static_cast<uint8_t *>(mem.alloc((size_t)g.total, 64));
+        b->data = static_cast<uint8_t *>(mem.alloc((size_t)g.total, memory == NQ_MEMORY_HOST ? 64 : 256, memory,
+                                                   b->device));
         if (!b->data) {
             mem.release(hp);
-            return fail(NQ_ERR_OUT_OF_MEMORY, "allocating a block of %llu bytes failed", (unsigned long long)g.total);
+            return fail(NQ_ERR_OUT_OF_MEMORY, "allocating a block of %llu bytes failed%s", (unsigned long long)g.total,
+                        memory == NQ_MEMORY_HOST ? "" : " (device memory: config.allocator)");
         }
         b->owns_data = true;
     }
     *out = b;
     return NQ_OK;
+}
+
+nq_status block_create(const MemoryHooks &mem, const BlockHeader &h, void *external, size_t external_cap,
+                       nq_block **out) {
+    return block_create_in(mem, h, NQ_MEMORY_HOST, 0, external, external_cap, out);
 }
 
 int64_t block_position(const nq_block &b, uint32_t head, uint32_t j);
@@ -127,5 +135,58 @@ extern "C" NQ_API nq_status nq_block_digest(const nq_block *b, uint64_t *digest)
     if (!digest) return fail(NQ_ERR_INVALID_ARGUMENT, "digest is NULL");
     if (b->memory != NQ_MEMORY_HOST) return fail(NQ_ERR_UNSUPPORTED, "digest of a device block: copy it to host");
     *digest = XXH3_64bits(b->data, (size_t)b->g.total);
+    return NQ_OK;
+}
+
+extern "C" NQ_API nq_status nq_block_copy(nq_context *ctx, const nq_block *src, nq_memory memory, int32_t device,
+                                          void *dst, size_t capacity, void *stream, nq_block **out) {
+    clear_error();
+    if (!out) return fail(NQ_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = nullptr;
+    if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
+    if (!src) return fail(NQ_ERR_INVALID_ARGUMENT, "src is NULL");
+    if (memory != NQ_MEMORY_HOST && memory != NQ_MEMORY_CUDA && memory != NQ_MEMORY_HIP)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "memory is %d: not an nq_memory", (int)memory);
+    if (dst && (uintptr_t)dst % 16) return fail(NQ_ERR_INVALID_ARGUMENT, "dst must be 16-byte aligned");
+#if defined(NQ_HAVE_GPU)
+    const bool gpu_ok = true;
+#else
+    const bool gpu_ok = false;
+#endif
+    if ((memory != NQ_MEMORY_HOST || src->memory != NQ_MEMORY_HOST) && !gpu_ok)
+        return fail(NQ_ERR_BACKEND_UNAVAILABLE, "device memory, but this library was built without a GPU backend");
+#if defined(NQ_HAVE_GPU)
+    if ((memory != NQ_MEMORY_HOST && memory != kGpuMemory) ||
+        (src->memory != NQ_MEMORY_HOST && src->memory != kGpuMemory))
+        return fail(NQ_ERR_BACKEND_UNAVAILABLE, "this library's GPU backend is %s", kGpuName);
+    if (memory != NQ_MEMORY_HOST && src->memory != NQ_MEMORY_HOST && device != src->device)
+        return fail(NQ_ERR_UNSUPPORTED, "copies between two devices are not supported (device %d to %d)", src->device,
+                    device);
+    if (memory != NQ_MEMORY_HOST) NQ_TRY(gpu_device_check(device));
+#endif
+    (void)stream;
+    int64_t maxp = src->max_position;
+    if (src->memory == NQ_MEMORY_HOST) {
+        maxp = -1;
+        for (uint32_t hd = 0; hd < (src->g.pos_rows > 1 ? src->h.num_heads : 1u); ++hd)
+            maxp = std::max(maxp, block_position(*src, hd, src->h.tokens_kept - 1));
+    }
+    nq_block *b = nullptr;
+    NQ_TRY(block_create_in(ctx->mem, src->h, memory, device, dst, capacity, &b));
+    b->max_position = maxp;
+    const size_t n = (size_t)src->g.total;
+    if (memory == NQ_MEMORY_HOST && src->memory == NQ_MEMORY_HOST) {
+        std::memcpy(b->data, src->data, n);
+    } else {
+#if defined(NQ_HAVE_GPU)
+        nq_status st = gpu_copy(b->data, memory, src->data, src->memory, n,
+                                memory != NQ_MEMORY_HOST ? device : src->device, stream);
+        if (st != NQ_OK) {
+            nq_block_free(b);
+            return st;
+        }
+#endif
+    }
+    *out = b;
     return NQ_OK;
 }

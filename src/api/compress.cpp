@@ -18,6 +18,17 @@ struct Plan {
     bool evicting;
 };
 
+// Which backend a descriptor's memory selects (config.backend AUTO follows the memory).
+nq_status check_backend(const nq_context *ctx, nq_memory memory, const char *which) {
+    const nq_backend b = ctx->cfg.backend;
+    if (memory == NQ_MEMORY_HOST && (b == NQ_BACKEND_CUDA || b == NQ_BACKEND_HIP))
+        return fail(NQ_ERR_INVALID_ARGUMENT, "%s.memory is HOST but config.backend is %s", which,
+                    b == NQ_BACKEND_CUDA ? "CUDA" : "HIP");
+    if (memory != NQ_MEMORY_HOST && b == NQ_BACKEND_CPU)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "%s.memory is device memory but config.backend is CPU", which);
+    return NQ_OK;
+}
+
 uint32_t count_below(const int64_t *positions, uint32_t T, uint32_t limit) {
     uint32_t n = 0;
     while (n < T && positions[n] < (int64_t)limit) ++n;
@@ -102,6 +113,9 @@ nq_status compress_one(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_
     nq_kv_desc_init(&kv);
     NQ_TRY(copy_sized(kv_in, &kv, "nq_kv_desc"));
     NQ_TRY(validate_kv(ctx, kv, false, "kv"));
+    NQ_TRY(check_backend(ctx, kv.memory, "kv"));
+    if (kv.memory != NQ_MEMORY_HOST)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "kv.memory is device memory: one batch holds one kind of memory");
     const int64_t *positions = fill_positions(kv, ws);
     if (!positions) return fail(NQ_ERR_BUFFER_TOO_SMALL, "workspace too small (positions)");
     Plan plan = make_plan(ctx, kv, positions, first_chunk);
@@ -153,6 +167,173 @@ struct ScratchGuard {
     ~ScratchGuard() { mem.release(p); }
 };
 
+#if defined(NQ_HAVE_GPU)
+// Host memory the GPU path keeps until its kernels are enqueued.
+struct HostScratch {
+    const MemoryHooks &mem;
+    std::vector<void *> ptrs;
+    ~HostScratch() {
+        for (void *p : ptrs) mem.release(p);
+    }
+    void *take(size_t n) {
+        void *p = mem.alloc(n ? n : 1, 64);
+        if (p) ptrs.push_back(p);
+        return p;
+    }
+};
+
+// Plans one item of a GPU batch: validation, positions, the block (in device memory),
+// and which tokens to keep (selected here from host scores, or on the device).
+nq_status gpu_prepare(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_desc *sc_in, const nq_buffer *dst,
+                      bool first_chunk, HostScratch &scratch, nq_kv_desc &kv, GpuItem &gi, nq_block **out) {
+    *out = nullptr;
+    if (!kv_in) return fail(NQ_ERR_INVALID_ARGUMENT, "kv is NULL");
+    nq_kv_desc_init(&kv);
+    NQ_TRY(copy_sized(kv_in, &kv, "nq_kv_desc"));
+    NQ_TRY(validate_kv(ctx, kv, false, "kv"));
+    NQ_TRY(check_backend(ctx, kv.memory, "kv"));
+    if (kv.memory != kGpuMemory)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "kv.memory is not %s memory: one batch holds one kind of memory", kGpuName);
+    const uint32_t T = kv.num_tokens, H = ctx->cfg.num_kv_heads;
+    int64_t *positions = static_cast<int64_t *>(scratch.take((size_t)T * 8));
+    if (!positions) return fail(NQ_ERR_OUT_OF_MEMORY, "allocating positions failed");
+    for (uint32_t i = 0; i < T; ++i) positions[i] = kv.positions ? kv.positions[i] : kv.start_position + i;
+    Plan plan = make_plan(ctx, kv, positions, first_chunk);
+
+    std::memset(&gi, 0, sizeof gi);
+    nq_score_desc_init(&gi.scores);
+    const uint32_t *kept = nullptr;
+    uint32_t rows = 1;
+    if (plan.evicting) {
+        nq_score_desc &sc = gi.scores;
+        if (sc_in) NQ_TRY(copy_sized(sc_in, &sc, "nq_score_desc"));
+        NQ_TRY(validate_scores(ctx, kv, sc));
+        if (sc.kind == NQ_SCORES_GIVEN && sc.memory == NQ_MEMORY_HOST) {
+            const size_t HT = (size_t)H * T;
+            Workspace ws;
+            ws.cap = HT * 8 + (size_t)T * 8 + 4 * 64;
+            ws.base = static_cast<uint8_t *>(scratch.take(ws.cap));
+            if (!ws.base) return fail(NQ_ERR_OUT_OF_MEMORY, "allocating selection scratch failed");
+            float *scores = ws.take<float>(HT);
+            uint32_t *kept_w = ws.take<uint32_t>(HT);
+            for (uint32_t h = 0; h < H; ++h)
+                for (uint32_t t = 0; t < T; ++t)
+                    scores[(size_t)h * T + t] =
+                        sc.scores[(int64_t)h * sc.score_stride_head + (int64_t)t * sc.score_stride_token];
+            uint32_t K = 0;
+            NQ_TRY(select_tokens(ctx, kv, plan.lp, scores, positions, kept_w, &K, &rows, ws));
+            if (K != plan.h.tokens_kept)
+                return fail(NQ_ERR_INTERNAL, "selection kept %u tokens, planned %u", K, plan.h.tokens_kept);
+            kept = kept_w;
+        } else if (sc.kind == NQ_SCORES_GIVEN || sc.kind == NQ_SCORES_KEY_NORM) {
+            if (ctx->cfg.evict_mode == NQ_EVICT_PAGED)
+                return fail(NQ_ERR_UNSUPPORTED,
+                            "config.evict_mode PAGED with device-side scores: pass the scores in host memory");
+            // The budget of select_tokens: sinks (positions < sink_tokens), the recent
+            // window, and the rest of the planned tokens from the candidates between.
+            uint32_t sinks = 0;
+            while (sinks < T && positions[sinks] < (int64_t)plan.lp.sink_tokens) ++sinks;
+            const uint32_t window = std::min<uint32_t>(plan.lp.recent_window, T - sinks);
+            gi.sel_lo = sinks;
+            gi.sel_hi = T - window;
+            gi.sel_m = plan.h.tokens_kept - sinks - window;
+            gi.sel_rows = ctx->cfg.evict_mode == NQ_EVICT_PER_HEAD ? H : 1;
+        } else {
+            return fail(NQ_ERR_UNSUPPORTED,
+                        "scores.kind QUERIES is not supported by the %s backend: pass GIVEN scores or KEY_NORM", kGpuName);
+        }
+    }
+    if (dst) {
+        if (!dst->data) return fail(NQ_ERR_INVALID_ARGUMENT, "dst.data is NULL");
+        if (dst->capacity < plan.g.total)
+            return fail(NQ_ERR_BUFFER_TOO_SMALL, "dst.capacity is %zu bytes, the block needs %llu", dst->capacity,
+                        (unsigned long long)plan.g.total);
+        if ((uintptr_t)dst->data % 16) return fail(NQ_ERR_INVALID_ARGUMENT, "dst.data must be 16-byte aligned");
+    }
+    nq_block *blk = nullptr;
+    NQ_TRY(block_create_in(ctx->mem, plan.h, kGpuMemory, kv.device, dst ? dst->data : nullptr, dst ? dst->capacity : 0,
+                           &blk));
+    blk->max_position = positions[T - 1];
+    gi.job = EncodeJob{&kv, &blk->h, &blk->g, positions, kept, rows, blk->data};
+    *out = blk;
+    return NQ_OK;
+}
+
+// A batch whose K/V live in GPU memory: every item planned on the host, one upload of
+// the descriptors, one selection launch (if any item evicts by device scores), one
+// compress launch, all on `stream`.
+nq_status gpu_batch(nq_context *ctx, const nq_kv_desc *items, const nq_score_desc *scores, size_t n,
+                    const nq_buffer *dst, void *workspace, size_t workspace_bytes, void *stream, bool first_chunk,
+                    nq_block **out, nq_status *item_status) {
+    HostScratch scratch{ctx->mem, {}};
+    std::vector<nq_kv_desc> kvs(n);
+    std::vector<GpuItem> gis(n);
+    std::vector<size_t> live;
+    nq_status first = NQ_OK;
+    char first_msg[512] = "";
+    for (size_t i = 0; i < n; ++i) {
+        nq_status st = gpu_prepare(ctx, &items[i], scores ? &scores[i] : nullptr, dst ? &dst[i] : nullptr, first_chunk,
+                                   scratch, kvs[i], gis[i], &out[i]);
+        if (item_status) item_status[i] = st;
+        if (st == NQ_OK) {
+            live.push_back(i);
+        } else if (first == NQ_OK) {
+            first = st;
+            if (n > 1)
+                std::snprintf(first_msg, sizeof first_msg, "item %zu: %s", i, nq_last_error());
+            else
+                std::snprintf(first_msg, sizeof first_msg, "%s", nq_last_error());
+        }
+    }
+    nq_status st = NQ_OK;
+    if (!live.empty()) {
+        std::vector<GpuItem> run;
+        std::vector<nq_kv_desc> run_kv;
+        for (size_t i : live) {
+            run.push_back(gis[i]);
+            run_kv.push_back(kvs[i]);
+        }
+        void *owned = nullptr;
+        const int32_t device = run_kv[0].device;
+        if (!workspace) {
+            workspace_bytes = gpu_workspace_bound(ctx, run_kv.data(), run_kv.size());
+            owned = ctx->mem.alloc(workspace_bytes, 256, kGpuMemory, device);
+            if (!owned)
+                st = fail(NQ_ERR_OUT_OF_MEMORY, "allocating %zu bytes of device workspace failed", workspace_bytes);
+            workspace = owned;
+        }
+        if (st == NQ_OK) st = gpu_compress(ctx, run.data(), run.size(), workspace, workspace_bytes, stream);
+        // Released after the work is enqueued: the allocator's free must not hand the
+        // memory to other work before the stream has passed it (cudaFree waits).
+        if (owned) ctx->mem.release(owned, kGpuMemory, device);
+        if (st != NQ_OK) {
+            char msg[512];
+            std::snprintf(msg, sizeof msg, "%s", nq_last_error());
+            for (size_t i : live) {
+                nq_block_free(out[i]);
+                out[i] = nullptr;
+                if (item_status) item_status[i] = st;
+            }
+            if (first == NQ_OK) {
+                first = st;
+                std::snprintf(first_msg, sizeof first_msg, "%s", msg);
+            }
+        }
+    }
+    if (first != NQ_OK) return fail(first, "%s", first_msg);
+    clear_error();
+    return NQ_OK;
+}
+#endif
+
+// The memory kind of a caller's descriptor (read without copying the whole struct).
+nq_memory memory_of(const nq_kv_desc *kv) {
+    size_t sz;
+    std::memcpy(&sz, kv, sizeof sz);
+    if (sz < offsetof(nq_kv_desc, memory) + sizeof(nq_memory)) return NQ_MEMORY_HOST;
+    return kv->memory;
+}
+
 }  // namespace
 
 nq_status compress_chunk(nq_context *ctx, const nq_kv_desc *kv, const nq_score_desc *sc, void *stream,
@@ -161,6 +342,10 @@ nq_status compress_chunk(nq_context *ctx, const nq_kv_desc *kv, const nq_score_d
     size_t sz;
     std::memcpy(&sz, kv, sizeof sz);
     if (sz < offsetof(nq_kv_desc, k)) return fail(NQ_ERR_INVALID_ARGUMENT, "kv.size is %zu: call nq_kv_desc_init", sz);
+#if defined(NQ_HAVE_GPU)
+    if (memory_of(kv) == kGpuMemory)
+        return gpu_batch(ctx, kv, sc, 1, nullptr, nullptr, 0, stream, first_chunk, out, nullptr);
+#endif
     Workspace ws;
     ws.cap = item_workspace(ctx, kv->num_tokens);
     ws.base = static_cast<uint8_t *>(ctx->mem.alloc(ws.cap, 64));
@@ -198,6 +383,12 @@ extern "C" NQ_API nq_status nq_workspace_size(const nq_context *ctx, const nq_kv
     if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
     if (!bytes) return fail(NQ_ERR_INVALID_ARGUMENT, "bytes is NULL");
     if (n && !items) return fail(NQ_ERR_INVALID_ARGUMENT, "items is NULL");
+#if defined(NQ_HAVE_GPU)
+    if (n && memory_of(items) == kGpuMemory) {
+        *bytes = gpu_workspace_bound(ctx, items, n);
+        return NQ_OK;
+    }
+#endif
     size_t mx = 0;
     for (size_t i = 0; i < n; ++i) mx = std::max(mx, item_workspace(ctx, items[i].num_tokens));
     *bytes = mx;
@@ -221,6 +412,10 @@ extern "C" NQ_API nq_status nq_compress_batch(nq_context *ctx, const nq_kv_desc 
     if (!out) return fail(NQ_ERR_INVALID_ARGUMENT, "out is NULL");
     if (n && !items) return fail(NQ_ERR_INVALID_ARGUMENT, "items is NULL");
     for (size_t i = 0; i < n; ++i) out[i] = nullptr;
+#if defined(NQ_HAVE_GPU)
+    if (n && memory_of(items) == kGpuMemory)
+        return gpu_batch(ctx, items, scores, n, dst, workspace, workspace_bytes, stream, true, out, item_status);
+#endif
     Workspace ws;
     void *owned = nullptr;
     if (workspace) {

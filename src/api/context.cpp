@@ -4,14 +4,19 @@
 #include <new>
 
 #include "../core/hadamard.h"
-#include "internal.h"
+#include "../backend.h"
 #include "presets.h"
 
 namespace nq {
 
 namespace {
 
-void *default_alloc(void *, size_t bytes, size_t align, nq_memory mem, int32_t) {
+void *default_alloc(void *, size_t bytes, size_t align, nq_memory mem, int32_t dev) {
+#if defined(NQ_HAVE_GPU)
+    if (mem == kGpuMemory) return gpu_alloc(bytes, dev);  // cudaMalloc / hipMalloc
+#else
+    (void)dev;
+#endif
     if (mem != NQ_MEMORY_HOST) return nullptr;
     if (align < sizeof(void *)) align = sizeof(void *);
     void *p = nullptr;
@@ -19,7 +24,15 @@ void *default_alloc(void *, size_t bytes, size_t align, nq_memory mem, int32_t) 
     return p;
 }
 
-void default_free(void *, void *p, nq_memory, int32_t) { std::free(p); }
+void default_free(void *, void *p, nq_memory mem, int32_t dev) {
+#if defined(NQ_HAVE_GPU)
+    if (mem == kGpuMemory) return gpu_free(p, dev);
+#else
+    (void)mem;
+    (void)dev;
+#endif
+    std::free(p);
+}
 
 }  // namespace
 
@@ -206,9 +219,17 @@ extern "C" NQ_API nq_status nq_context_create(const nq_config *cfg, nq_context *
     nq_config_init(&c);
     NQ_TRY(copy_sized(cfg, &c, "nq_config"));
     NQ_TRY(validate_config(c));
-    if (c.backend == NQ_BACKEND_CUDA || c.backend == NQ_BACKEND_HIP)
-        return fail(NQ_ERR_BACKEND_UNAVAILABLE, "config.backend asks for %s, but this library was built without it",
-                    c.backend == NQ_BACKEND_CUDA ? "CUDA" : "HIP");
+    if (c.backend == NQ_BACKEND_CUDA || c.backend == NQ_BACKEND_HIP) {
+#if defined(NQ_HAVE_GPU)
+        const nq_backend built = kGpuMemory == NQ_MEMORY_HIP ? NQ_BACKEND_HIP : NQ_BACKEND_CUDA;
+        if (c.backend != built)
+#endif
+            return fail(NQ_ERR_BACKEND_UNAVAILABLE, "config.backend asks for %s, but this library was built without it",
+                        c.backend == NQ_BACKEND_CUDA ? "CUDA" : "HIP");
+#if defined(NQ_HAVE_GPU)
+        NQ_TRY(gpu_device_check(c.device));
+#endif
+    }
     resolve_config(c);
 
     MemoryHooks mem{c.allocator};
@@ -228,7 +249,8 @@ extern "C" NQ_API nq_status nq_context_create(const nq_config *cfg, nq_context *
     }
     c.overrides = ctx->overrides;
     ctx->cfg = c;
-    ctx->backend = NQ_BACKEND_CPU;
+    ctx->backend = c.backend == NQ_BACKEND_AUTO ? NQ_BACKEND_CPU : c.backend;
+    ctx->gpu = nullptr;
     ctx->isa = NQ_ISA_SCALAR;
     RopeSpec &r = ctx->rope;
     r.pairing = (uint8_t)c.rope.pairing;
@@ -249,6 +271,9 @@ extern "C" NQ_API nq_status nq_context_create(const nq_config *cfg, nq_context *
 extern "C" NQ_API void nq_context_free(nq_context *ctx) {
     if (!ctx) return;
     MemoryHooks mem = ctx->mem;
+#if defined(NQ_HAVE_GPU)
+    gpu_context_release(ctx);
+#endif
     mem.release(ctx->overrides);
     ctx->~nq_context();
     mem.release(ctx);

@@ -21,10 +21,26 @@ nq_status decode_range(nq_context *ctx, const nq_block *blk, uint32_t begin, uin
         return fail(NQ_ERR_INVALID_ARGUMENT,
                     "the block has %u heads of dim %u, the context %u heads of dim %u: use a matching context",
                     (unsigned)blk->h.num_heads, (unsigned)blk->h.head_dim, ctx->cfg.num_kv_heads, ctx->cfg.head_dim);
+#if defined(NQ_HAVE_GPU)
+    if (blk->memory != NQ_MEMORY_HOST && blk->memory != kGpuMemory)
+        return fail(NQ_ERR_BACKEND_UNAVAILABLE, "the block is in device memory of a backend this library lacks");
+#else
     if (blk->memory != NQ_MEMORY_HOST)
         return fail(NQ_ERR_BACKEND_UNAVAILABLE, "the block is in device memory and this library has no GPU backend");
+#endif
     if (end == begin) return NQ_OK;
     NQ_TRY(validate_kv(ctx, out, true, "out"));
+    if (out.memory != blk->memory)
+        return fail(NQ_ERR_INVALID_ARGUMENT,
+                    "out.memory (%d) differs from the block's memory (%d): copy the block first (nq_block_copy)",
+                    (int)out.memory, (int)blk->memory);
+    if (ctx->cfg.backend == NQ_BACKEND_CPU && out.memory != NQ_MEMORY_HOST)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "out.memory is device memory but config.backend is CPU");
+    if ((ctx->cfg.backend == NQ_BACKEND_CUDA || ctx->cfg.backend == NQ_BACKEND_HIP) && out.memory == NQ_MEMORY_HOST)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "out.memory is HOST but config.backend is a GPU backend");
+#if defined(NQ_HAVE_GPU)
+    if (out.memory == kGpuMemory) return gpu_decode(ctx, *blk, begin, end, out, stream);
+#endif
     return cpu_backend().decode(ctx, *blk, begin, end, out, stream);
 }
 

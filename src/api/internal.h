@@ -33,6 +33,7 @@ struct nq_context {
     nq::RopeSpec rope;
     nq_backend backend;
     nq_cpu_isa isa;
+    void *gpu;                        // GPU backend state (RoPE tables), created on first use
 };
 
 struct nq_block {
@@ -43,6 +44,7 @@ struct nq_block {
     nq::MemoryHooks mem;
     nq_memory memory;
     int32_t device;
+    int64_t max_position;  // device blocks: no kept position exceeds it (-1: not known)
 };
 
 struct nq_sequence {
@@ -102,6 +104,9 @@ nq_status validate_scores(const nq_context *ctx, const nq_kv_desc &kv, const nq_
 // Allocates a block handle (and its image unless `external` is given).
 nq_status block_create(const MemoryHooks &mem, const BlockHeader &h, void *external, size_t external_cap,
                        nq_block **out);
+// The same with the image in `memory` of `device` (GPU blocks).
+nq_status block_create_in(const MemoryHooks &mem, const BlockHeader &h, nq_memory memory, int32_t device,
+                          void *external, size_t external_cap, nq_block **out);
 
 // Resident header for compressing kv with lp (tokens_kept etc. filled by the caller).
 BlockHeader base_header(const nq_context *ctx, const nq_kv_desc &kv);

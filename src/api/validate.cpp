@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <vector>
 
-#include "internal.h"
+#include "../backend.h"
 
 namespace nq {
 
@@ -27,6 +27,16 @@ const char *dtype_name(nq_dtype t) {
 }
 
 namespace {
+
+// Memory of the GPU backend this library was built with.
+bool gpu_memory(nq_memory m) {
+#if defined(NQ_HAVE_GPU)
+    return m == kGpuMemory;
+#else
+    (void)m;
+    return false;
+#endif
+}
 
 struct Axis {
     int64_t stride;
@@ -105,7 +115,10 @@ nq_status validate_kv(const nq_context *ctx, const nq_kv_desc &kv, bool is_outpu
     if (!eb)
         return fail(NQ_ERR_UNSUPPORTED, "%s.dtype is %d: supported are NQ_DTYPE_F16, NQ_DTYPE_BF16, NQ_DTYPE_F32", which,
                     (int)kv.dtype);
-    if (kv.memory != NQ_MEMORY_HOST) {
+#if defined(NQ_HAVE_GPU)
+    if (kv.memory == kGpuMemory) NQ_TRY(gpu_device_check(kv.device));
+#endif
+    if (kv.memory != NQ_MEMORY_HOST && !gpu_memory(kv.memory)) {
         if (kv.memory == NQ_MEMORY_CUDA || kv.memory == NQ_MEMORY_HIP)
             return fail(NQ_ERR_BACKEND_UNAVAILABLE, "%s.memory is %s, but this library was built without that backend",
                         which, kv.memory == NQ_MEMORY_CUDA ? "CUDA" : "HIP");
@@ -146,9 +159,11 @@ nq_status validate_kv(const nq_context *ctx, const nq_kv_desc &kv, bool is_outpu
 
 nq_status validate_scores(const nq_context *ctx, const nq_kv_desc &kv, const nq_score_desc &sc) {
     const nq_config &c = ctx->cfg;
-    if (sc.memory != NQ_MEMORY_HOST)
-        return fail(NQ_ERR_BACKEND_UNAVAILABLE, "scores.memory is %d: only host scores with the CPU backend",
+    if (sc.memory != NQ_MEMORY_HOST && !(gpu_memory(sc.memory) && kv.memory == sc.memory))
+        return fail(NQ_ERR_BACKEND_UNAVAILABLE, "scores.memory is %d: scores live in host memory or in the memory of K/V",
                     (int)sc.memory);
+    if (sc.memory != NQ_MEMORY_HOST && sc.kind == NQ_SCORES_QUERIES)
+        return fail(NQ_ERR_UNSUPPORTED, "scores.kind QUERIES in device memory is not supported");
     switch (sc.kind) {
     case NQ_SCORES_KEY_NORM: return NQ_OK;
     case NQ_SCORES_GIVEN: {

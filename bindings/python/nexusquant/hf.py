@@ -47,9 +47,12 @@ refused (run the prompts one at a time, or use ``quality="lossless"``/``evict=0`
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import math
+import sys
+import threading
 import warnings
 import weakref
 from typing import Optional
@@ -220,6 +223,7 @@ class NexusQuantLayer(CacheLayerMixin):
         self.window_start = 0    # original position of the window's first token
         self.stored = 0          # tokens per head held compressed (the same for every element)
         self.compress_calls = 0  # library compress calls (prefill + appended chunks)
+        self._pending = None     # the prefill's K/V while its queries are awaited
 
     # -- transformers API
 
@@ -246,8 +250,14 @@ class NexusQuantLayer(CacheLayerMixin):
             if q == 0:
                 return key_states, value_states
             self.sequences = [self._new_sequence() for _ in range(key_states.shape[0])]
-            self._compress(key_states, value_states, start=0)
             self.seen = self.window_start = q
+            self._cache._note_prefill(self.layer_idx)
+            if self._cache._awaits_queries(self.layer_idx):
+                # compressed as soon as the attention function has seen this layer's
+                # queries (within this forward; see NexusQuantCache.scores)
+                self._pending = (key_states, value_states)
+            else:
+                self._compress(key_states, value_states, start=0)
             return key_states, value_states
         out_k, out_v = self._assemble(key_states, value_states)
         if q:
@@ -273,6 +283,7 @@ class NexusQuantLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self._free()
+        self._pending = None
         self.keys = self.values = None
         self.is_initialized = False
         self.seen = self.window_start = self.stored = 0
@@ -313,9 +324,12 @@ class NexusQuantLayer(CacheLayerMixin):
         return sum(s.nbytes for s in self.sequences) if self.sequences else 0
 
     def window_bytes(self) -> int:
+        """Full-precision bytes held: the window (and, only inside a prefill forward,
+        the K/V waiting for their queries)."""
         if not self.is_initialized:
             return 0
-        return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+        held = [self.keys, self.values] + list(self._pending or ())
+        return sum(t.numel() * t.element_size() for t in held)
 
     def num_blocks(self, batch: int = 0) -> int:
         return self.sequences[batch].num_blocks if self.sequences else 0
@@ -334,23 +348,35 @@ class NexusQuantLayer(CacheLayerMixin):
             s.free()
         self.sequences = None
 
-    def _compress(self, k: torch.Tensor, v: torch.Tensor, start: int):
+    def _compress(self, k: torch.Tensor, v: torch.Tensor, start: int, queries: Optional[torch.Tensor] = None):
         """Appends k, v ([batch, heads, n, dim], original positions start..start+n-1) as one
-        block per batch element."""
+        block per batch element. queries: [batch, q_heads, W, dim] post-RoPE queries of
+        the last W tokens (eviction scores); None = the key-norm proxy."""
         staging = self._cache.transfer == "host-staging"
         if k.is_cuda and not staging:
             torch.cuda.current_stream(k.device).synchronize()
         kept = set()
         for b, seq in enumerate(self.sequences):
             kb, vb = k[b], v[b]
+            qb = queries[b] if queries is not None else None
             if staging:
                 kb, vb = kb.to("cpu"), vb.to("cpu")
-            seq.append(_safe_view(kb), _safe_view(vb), start_position=start)
+                qb = qb.to("cpu") if qb is not None else None
+            seq.append(_safe_view(kb), _safe_view(vb), start_position=start,
+                       queries=_safe_view(qb) if qb is not None else None)
             kept.add(seq.num_tokens)
         self.compress_calls += len(self.sequences)
         if len(kept) != 1:  # cannot happen with equal lengths; guard the invariant the mask relies on
             raise RuntimeError(f"nexusquant: batch elements kept different token counts {sorted(kept)}")
         self.stored = kept.pop()
+
+    def _resolve_pending(self, queries: Optional[torch.Tensor] = None):
+        if self._pending is not None:
+            k, v = self._pending
+            self._pending = None
+            if queries is not None:
+                queries = queries[..., -min(self._cache.query_window, queries.shape[-2]):, :]
+            self._compress(k, v, start=0, queries=queries)
 
     def _flush(self):
         """Compresses the oldest window tokens once the window holds window + chunk tokens."""
@@ -446,6 +472,13 @@ class NexusQuantCache(Cache):
         chunk: when the window holds window + chunk tokens, the oldest multiple of chunk
             tokens is appended to the compressed sequence (quantised only).
         rope: a `RopeSpec` overriding what `rope_spec_from_config` reads.
+        scores: how eviction ranks the prefill's tokens. "queries": by the attention of
+            the prefill's last `query_window` queries (what the library's
+            NQ_SCORES_QUERIES computes); the queries are taken from the model's
+            attention function, which only `nexusquant_evict` routes through the cache.
+            Without it (a cache passed to `generate` by hand) the key-norm proxy is
+            used. "key-norm": always the proxy. Irrelevant when nothing is evicted.
+        query_window: how many of the prefill's last queries score the tokens.
         num_threads: CPU threads of the library (default: torch's intra-op threads).
         **context_kwargs: any other `core.Context` setting (sink_tokens, recent_window,
             fp16_sinks, fp16_window, codec, evict_mode, overrides, ...).
@@ -459,13 +492,19 @@ class NexusQuantCache(Cache):
 
     def __init__(self, model_or_config, quality: str = "lossless", *, k_bits: Optional[int] = None,
                  v_bits: Optional[int] = None, evict: Optional[float] = None, window: int = 32, chunk: int = 32,
-                 rope: Optional[RopeSpec] = None, num_threads: Optional[int] = None, **context_kwargs):
+                 rope: Optional[RopeSpec] = None, scores: str = "queries", query_window: int = 32,
+                 num_threads: Optional[int] = None, **context_kwargs):
         config = getattr(model_or_config, "config", model_or_config)
         text = _text_config(config)
         shape = model_shape(text)
         if window < 0 or chunk < 1:
             raise ValueError("window must be >= 0 and chunk >= 1")
         self.window, self.chunk = int(window), int(chunk)
+        if scores not in ("queries", "key-norm"):
+            raise ValueError("scores must be 'queries' or 'key-norm'")
+        if query_window < 1:
+            raise ValueError("query_window must be >= 1")
+        self.scores, self.query_window = scores, int(query_window)
         self.quality = quality
         self.rope = rope if rope is not None else rope_spec_from_config(text)
         if num_threads is None:
@@ -474,6 +513,8 @@ class NexusQuantCache(Cache):
                                k_bits=k_bits, v_bits=v_bits, evict=evict, rope=self.rope,
                                num_threads=num_threads, num_layers=shape["num_layers"], **context_kwargs)
         self.shape = shape
+        self._warned_key_norm = False
+        self._evicting = [self.context.layer_params(i)["evict_fraction"] > 0 for i in range(shape["num_layers"])]
         layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
         layers = []
         for i, (kind, kw) in enumerate(zip(layer_types, layer_kwargs)):
@@ -500,8 +541,31 @@ class NexusQuantCache(Cache):
     @property
     def evicts(self) -> bool:
         """Whether any layer evicts tokens of the prefill."""
-        n = self.shape["num_layers"]
-        return any(self.context.layer_params(i)["evict_fraction"] > 0 for i in range(n))
+        return any(self._evicting)
+
+    # -- query scores (fed by nexusquant_evict's attention tap)
+
+    def _note_prefill(self, layer: int):
+        if self.scores == "queries" and self._evicting[layer] and _ACTIVE.get() is not self \
+                and not self._warned_key_norm:
+            self._warned_key_norm = True
+            warnings.warn("nexusquant: this cache evicts but no query states reach it (it is not used inside "
+                          "nexusquant_evict), so tokens are ranked by the key-norm proxy, which loses much more "
+                          "quality; run generate inside nexusquant_evict(model, ...)", stacklevel=4)
+
+    def _awaits_queries(self, layer: int) -> bool:
+        return self.scores == "queries" and self._evicting[layer] and _ACTIVE.get() is self
+
+    def _observe_queries(self, layer: int, query: torch.Tensor):
+        """Called by the attention tap with a layer's query states [batch, q_heads, q, dim]."""
+        lay = self.layers[layer] if layer < len(self.layers) else None
+        if isinstance(lay, NexusQuantLayer) and lay._pending is not None:
+            lay._resolve_pending(query)
+
+    def _finish_pending(self):
+        """Compresses (with the key-norm proxy) any prefill whose queries never came."""
+        for lay in self.compressed_layers:
+            lay._resolve_pending(None)
 
     @property
     def compressed_layers(self) -> list:
@@ -568,6 +632,66 @@ class NexusQuantCache(Cache):
         return f"NexusQuantCache(quality={self.quality!r}, layers={len(self.layers)})"
 
 
+# ---------------------------------------------------------------------------- query tap
+
+# The cache whose model forward is running in this thread (set by nexusquant_evict's
+# forward wrapper): the attention tap hands it each layer's query states.
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("nexusquant_active_cache", default=None)
+_TAP_LOCK = threading.Lock()
+_TAPS: dict = {}  # attention implementation name -> [users, the local mapping entry it replaced]
+
+
+def _attention_functions():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    return ALL_ATTENTION_FUNCTIONS
+
+
+def _eager_attention_of(module):
+    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if fn is None:
+        from transformers.models.llama.modeling_llama import eager_attention_forward as fn
+    return fn
+
+
+def _make_tap(original):
+    def nexusquant_attention_tap(module, query, key, value, attention_mask, *args, **kwargs):
+        cache = _ACTIVE.get()
+        if cache is not None and getattr(module, "layer_idx", None) is not None:
+            cache._observe_queries(module.layer_idx, query)
+        fn = original if original is not None else _eager_attention_of(module)
+        return fn(module, query, key, value, attention_mask, *args, **kwargs)
+    return nexusquant_attention_tap
+
+
+def _install_tap(impl: str):
+    """Routes the attention implementation `impl` through a tap that passes the query
+    states to the active cache (a no-op for any forward that has no active cache)."""
+    funcs = _attention_functions()
+    with _TAP_LOCK:
+        entry = _TAPS.get(impl)
+        if entry is not None:
+            entry[0] += 1
+            return
+        previous = funcs._local_mapping.get(impl, _MISSING)
+        original = None if impl == "eager" and previous is _MISSING else funcs[impl]
+        funcs[impl] = _make_tap(original)
+        _TAPS[impl] = [1, previous]
+
+
+def _remove_tap(impl: str):
+    funcs = _attention_functions()
+    with _TAP_LOCK:
+        entry = _TAPS[impl]
+        entry[0] -= 1
+        if entry[0]:
+            return
+        del _TAPS[impl]
+        if entry[1] is _MISSING:
+            funcs._local_mapping.pop(impl, None)
+        else:
+            funcs._local_mapping[impl] = entry[1]
+
+
 # ---------------------------------------------------------------------------- context manager
 
 
@@ -583,19 +707,23 @@ class nexusquant_evict:
             out = model.generate(ids, max_new_tokens=100)
         nq.last_cache.memory_report()
 
-    It sets `generate` and `forward` as attributes of this model instance (wrappers
-    that pass a fresh `NexusQuantCache` as `past_key_values` when the caller gave no
-    cache and caching is on) and restores exactly what was there on exit: the class
-    methods, or an instance attribute that was already set (e.g. by accelerate hooks).
-    A cache passed in by the caller (a `NexusQuantCache` from an earlier turn, or any
-    other cache) is used as given.
+    On entry it sets `generate` and `forward` as attributes of this model instance:
+    wrappers that pass a fresh `NexusQuantCache` as `past_key_values` when the caller gave
+    no cache and caching is on, and mark the cache as the running one so that the
+    attention tap can hand it the prefill's query states (eviction scores). The tap is
+    an entry for the model's attention implementation in transformers'
+    `ALL_ATTENTION_FUNCTIONS` that calls the original function; it only acts on a
+    forward run through a wrapper. On exit everything is put back exactly: the class
+    methods (or an instance attribute that was already set, e.g. by accelerate hooks)
+    and the attention function mapping. A cache passed in by the caller (a
+    `NexusQuantCache` from an earlier turn, or any other cache) is used as given.
 
     What it cannot change: the outputs of the prefill pass itself. The compressed cache
     is only read by tokens processed after the prefill, so `model(ids, labels=ids).loss`
     is the same with and without it.
 
     Arguments are those of `NexusQuantCache` (quality, k_bits, v_bits, evict, window,
-    chunk, rope, num_threads, ...).
+    chunk, rope, scores, query_window, num_threads, ...).
     """
 
     def __init__(self, model, quality: str = "lossless", **settings):
@@ -604,6 +732,7 @@ class nexusquant_evict:
         # fail early on bad settings (unknown preset, bits out of range)
         NexusQuantCache(model, **self.settings)
         self._saved = None
+        self._impl = None
         self._caches = []
 
     # -- caches
@@ -652,16 +781,27 @@ class nexusquant_evict:
                 bound = fwd_sig.bind_partial(*args, **kwargs).arguments
             except TypeError:
                 bound = kwargs
-            if bound.get("past_key_values") is None and "past_key_values" in fwd_sig.parameters:
+            cache = bound.get("past_key_values")
+            if cache is None and "past_key_values" in fwd_sig.parameters:
                 use_cache = bound.get("use_cache")
                 if use_cache is None:
                     use_cache = getattr(model.config, "use_cache", False) and not model.training
                 if use_cache:
-                    kwargs["past_key_values"] = self.new_cache()
-            self._check_padding(bound.get("past_key_values") or kwargs.get("past_key_values"),
-                                bound.get("attention_mask"))
-            return orig_forward(*args, **kwargs)
+                    cache = kwargs["past_key_values"] = self.new_cache()
+            if not isinstance(cache, NexusQuantCache):
+                return orig_forward(*args, **kwargs)
+            self._check_padding(cache, bound.get("attention_mask"))
+            token = _ACTIVE.set(cache)
+            try:
+                return orig_forward(*args, **kwargs)
+            finally:
+                _ACTIVE.reset(token)
+                cache._finish_pending()
 
+        impl = getattr(model.config, "_attn_implementation", None) or "eager"
+        if isinstance(impl, str) and (impl == "eager" or impl in _attention_functions()):
+            _install_tap(impl)
+            self._impl = impl
         model.generate = generate
         model.forward = forward
         return self
@@ -673,11 +813,16 @@ class nexusquant_evict:
                 model.__dict__.pop(name, None)
             else:
                 model.__dict__[name] = val
+        if self._impl is not None:
+            _remove_tap(self._impl)
+            self._impl = None
         self._saved = None
         return False
 
-    def _check_padding(self, cache, attention_mask):
-        if isinstance(cache, NexusQuantCache) and _has_padding(attention_mask) and cache.evicts:
+    @staticmethod
+    def _check_padding(cache, attention_mask):
+        if isinstance(cache, NexusQuantCache) and cache.get_seq_length() == 0 and cache.evicts \
+                and _has_padding(attention_mask):
             raise NotImplementedError(
                 "nexusquant: left-padded batches cannot be evicted (the padding mask would no longer line up "
                 "with the kept keys); use quality='lossless' or evict=0, or run the prompts one at a time")

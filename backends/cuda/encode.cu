@@ -1,0 +1,147 @@
+// The compress kernel: one launch writes every block of a batch (header, padding,
+// positions, scales, codes, fp16 rows). K and V are read once, each block byte is
+// written once. See kernels.cuh for how a head vector is spread over a lane group.
+#include "../../src/core/format.h"
+#include "launch.h"
+#include "kernels.cuh"
+
+namespace nq {
+namespace gpu {
+
+namespace {
+
+template <int E, int G>
+__global__ void __launch_bounds__(kThreads) encode_kernel(const EncodeItem *items, uint32_t n_items,
+                                                          uint64_t total_rows, uint64_t total_pos) {
+    __shared__ float smem[kThreads * E];
+    const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const uint64_t nthreads = (uint64_t)gridDim.x * blockDim.x;
+
+    // Header bytes and zero padding between sections.
+    for (uint64_t u = tid; u < (uint64_t)n_items * kMetaUnits; u += nthreads) {
+        const EncodeItem &it = items[u / kMetaUnits];
+        const uint32_t k = (uint32_t)(u % kMetaUnits);
+        if (k < 128) {
+            it.dst[k] = it.header[k];
+        } else {
+            const uint32_t g = (k - 128) / 16, b = (k - 128) % 16;
+            const uint64_t a = it.gap_begin[g] + b;
+            if (a < it.gap_end[g]) it.dst[a] = 0;
+        }
+    }
+
+    // Stored positions (offsets from first_position).
+    for (uint64_t e = tid; e < total_pos; e += nthreads) {
+        const uint32_t ii = find_item(items, n_items, e, [](const EncodeItem &x) { return x.pos_begin; });
+        const EncodeItem &it = items[ii];
+        const uint64_t rem = e - it.pos_begin;
+        const uint32_t r = (uint32_t)(rem / it.K), j = (uint32_t)(rem % it.K);
+        const uint32_t t = it.kept ? it.kept[(uint64_t)r * it.K + j] : j;
+        const uint32_t pos = it.positions ? it.positions[t] : it.start_position + t;
+        const uint32_t off = pos - it.first_position;
+        uint8_t *p = it.dst + it.off[kSecPositions] + rem * it.pos_bytes;
+        if (it.pos_bytes == 2) {
+            p[0] = (uint8_t)off;
+            p[1] = (uint8_t)(off >> 8);
+        } else {
+            p[0] = (uint8_t)off;
+            p[1] = (uint8_t)(off >> 8);
+            p[2] = (uint8_t)(off >> 16);
+            p[3] = (uint8_t)(off >> 24);
+        }
+    }
+
+    // Head vectors: rows [K rows of item 0][V rows of item 0][K rows of item 1]...
+    const uint32_t lane32 = threadIdx.x & 31u, gl = threadIdx.x & (G - 1u);
+    const unsigned mask = group_mask(lane32, G);
+    const uint32_t d0 = gl * E;
+    const uint32_t signs = sign_bits<E>(d0);
+    float *sm = smem + (threadIdx.x / G) * (G * E);
+    const uint64_t ngroups = nthreads / G;
+    for (uint64_t row = tid / G; row < total_rows; row += ngroups) {
+        const uint32_t ii = find_item(items, n_items, row, [](const EncodeItem &x) { return x.row_begin; });
+        const EncodeItem &it = items[ii];
+        const uint32_t D = it.D, K = it.K;
+        uint64_t r = row - it.row_begin;
+        const uint64_t HK = (uint64_t)it.H * K;
+        const bool is_v = r >= HK;
+        if (is_v) r -= HK;
+        const uint32_t h = (uint32_t)(r / K), j = (uint32_t)(r % K);
+        const uint32_t t = it.kept ? it.kept[(uint64_t)(it.kept_rows > 1 ? h : 0) * K + j] : j;
+        const Layout &l = is_v ? it.vl : it.kl;
+        float x[E];
+        load_lane<E>(is_v ? it.v : it.k, it.dtype, layout_offset(l, h, t), l.stride_dim, d0, D, x);
+
+        if (j < it.s_end || j >= it.w_begin) {  // stored as fp16
+            const uint32_t slot = j < it.s_end ? j : it.s_end + (j - it.w_begin);
+            uint8_t *dst = it.dst + it.off[is_v ? kSecVRaw : kSecKRaw];
+            store_lane<E>(dst, kF16, ((int64_t)h * it.raw + slot) * D, 1, d0, D, x);
+            continue;
+        }
+        const uint64_t c = (uint64_t)h * it.coded + (j - it.s_end);
+        if (!is_v && it.unrotate) {
+            const uint32_t pos = it.positions ? it.positions[t] : it.start_position + t;
+            rope_lanes<E>(x, sm, d0, it.pairing, it.rotary_dims, it.rope + (uint64_t)pos * (it.rotary_dims / 2), true,
+                          mask);
+        }
+#pragma unroll
+        for (int e = 0; e < E; ++e)
+            if ((signs >> e) & 1u) x[e] = -x[e];
+        fwht_lanes<E>(x, hadamard_block(D), gl, mask);
+        const float ss = sum_squares_lanes<E, G>(x, gl, mask);
+
+        const int bits = (int)(is_v ? it.v_bits : it.k_bits);
+        uint16_t sbf = 0x7fc0u;  // inf/nan input: a NaN scale (the CPU backend rejects such input)
+        float inv = 0.0f;
+        if (ss <= 3.4028234e38f) {
+            const float rms = sqrtf(ss / (float)D);
+            sbf = f32_to_bf16((is_v ? it.v_alpha : it.k_alpha) * rms);
+            if ((sbf & 0x7f80u) == 0) sbf = 0;
+            const float s = bf16_to_f32(sbf);
+            inv = s > 0.0f ? 1.0f / s : 0.0f;
+        }
+        if (gl == 0) {
+            uint8_t *sp = it.dst + it.off[is_v ? kSecVScales : kSecKScales] + c * 2;
+            sp[0] = (uint8_t)sbf;
+            sp[1] = (uint8_t)(sbf >> 8);
+        }
+        uint8_t *codes = it.dst + it.off[is_v ? kSecVCodes : kSecKCodes] + c * (uint64_t)(D * (uint32_t)bits / 8);
+#pragma unroll
+        for (int g = 0; g < E / 8; ++g) {
+            const uint32_t d = d0 + 8 * (uint32_t)g;
+            if (d >= D) continue;
+            float tv[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) tv[i] = x[8 * g + i] * inv;
+            uint8_t *out = codes + (d / 8) * (uint32_t)bits;
+            if (it.codec == kCodecE8)
+                e8_encode_group(tv, bits, out);
+            else
+                scalar_encode_group(tv, bits, out);
+        }
+    }
+}
+
+template <int E, int G> cudaError_t launch_encode(const EncodeLaunch &a, cudaStream_t stream) {
+    auto kern = encode_kernel<E, G>;
+    unsigned grid = grid_for(a.device, kern, a.work_groups * G);
+    NQ_LAUNCH(kern, dim3(grid), dim3(kThreads), stream, a.items, a.n_items, a.total_rows, a.total_pos);
+    return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t run_encode(const EncodeLaunch &a, cudaStream_t stream) {
+    switch (lanes_for(a.head_dim)) {
+    case 1: return launch_encode<8, 1>(a, stream);
+    case 2: return launch_encode<8, 2>(a, stream);
+    case 4: return launch_encode<8, 4>(a, stream);
+    case 8: return launch_encode<8, 8>(a, stream);
+    case 16: return launch_encode<8, 16>(a, stream);
+    case 32: return launch_encode<8, 32>(a, stream);
+    default: return launch_encode<16, 32>(a, stream);
+    }
+}
+
+}  // namespace gpu
+}  // namespace nq

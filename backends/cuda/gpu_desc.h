@@ -1,0 +1,94 @@
+// Plain-data descriptions of the work the GPU kernels do, built on the host (from the
+// plan and the caller's descriptors) and read by the kernels. Pointers are device
+// pointers.
+#pragma once
+#include <cstdint>
+
+#include "gpu_runtime.h"
+
+namespace nq {
+namespace gpu {
+
+// (cos, sin) of one frequency of one position.
+struct RopeCS {
+    float c, s;
+};
+
+// Where element (h, t, d) lives: as nq_layout, with the page table in device memory.
+struct Layout {
+    const int32_t *pages;  // paged: ceil(tokens/page_size) page indices; NULL: strided
+    int64_t stride_head, stride_token, stride_dim, stride_page;
+    uint32_t page_size;
+    uint32_t reserved;
+};
+
+__device__ __forceinline__ int64_t layout_offset(const Layout &l, uint32_t h, uint32_t t) {
+    if (l.pages) {
+        const int64_t page = l.pages[t / l.page_size];
+        return page * l.stride_page + (int64_t)(t % l.page_size) * l.stride_token + (int64_t)h * l.stride_head;
+    }
+    return (int64_t)h * l.stride_head + (int64_t)t * l.stride_token;
+}
+
+constexpr uint32_t kMetaUnits = 256;  // per item: 128 header bytes + 8 gaps of < 16 bytes
+
+// One item of a compress batch: one block to write.
+struct EncodeItem {
+    const void *k;
+    const void *v;
+    Layout kl, vl;
+    uint8_t *dst;                // the block image
+    const uint32_t *positions;   // absolute position of every input token, or NULL: start_position + t
+    const uint32_t *kept;        // [kept_rows][K] input indices, or NULL: every token
+    const RopeCS *rope;          // inverse tables [position][rotary_dims / 2] when unrotating
+    uint64_t off[8];             // section offsets (off[7] = total)
+    uint64_t gap_begin[8], gap_end[8];  // byte ranges to zero (padding)
+    uint64_t row_begin;          // first work row: items hold 2 * H * K rows (K rows, then V rows)
+    uint64_t pos_begin;          // first position entry: pos_rows * K entries
+    uint32_t start_position, first_position;
+    uint32_t H, D, T, K;
+    uint32_t s_end, w_begin, coded, raw;
+    uint32_t kept_rows, pos_rows, pos_bytes;
+    uint32_t dtype, codec, k_bits, v_bits;
+    uint32_t unrotate, pairing, rotary_dims;
+    float k_alpha, v_alpha;
+    uint32_t reserved;
+    uint8_t header[128];
+};
+
+// One decode launch (one block, a token range, one chunk of the destination pages).
+struct DecodeParams {
+    const uint8_t *src;          // the block image
+    void *k;
+    void *v;
+    Layout kl, vl;
+    const RopeCS *rope;          // forward tables [position][rotary_dims / 2] when rotating
+    uint64_t off[8];
+    uint32_t begin;              // first block token of the launch
+    uint32_t out_begin;          // its destination token index
+    uint32_t count;              // tokens of the launch
+    uint32_t page_base;          // destination page-table index of pages[0]
+    uint32_t H, D, K;
+    uint32_t s_end, w_begin, coded, raw;
+    uint32_t pos_rows, pos_bytes, first_position;
+    uint32_t dtype, codec, k_bits, v_bits;
+    uint32_t rotate, pairing, rotary_dims;
+};
+
+// Device-side token selection of one item (sinks [0, lo) and window [hi, T) are kept,
+// m of [lo, hi) by score).
+struct SelectItem {
+    const float *scores;         // device scores (GIVEN), or NULL: key-norm scores in `norm`
+    int64_t stride_head, stride_token;
+    float *norm;                 // [H][T] scratch for key-norm scores / summed scores
+    uint32_t *kept;              // [rows][K] output
+    const void *k;               // for key-norm scores
+    Layout kl;
+    uint32_t H, D, T, K, dtype;
+    uint32_t lo, hi, m;
+    uint32_t rows;               // H (per head) or 1 (head-shared: scores summed over heads)
+    uint32_t row_begin;          // first selection row of this item
+};
+
+}  // namespace gpu
+}  // namespace nq

@@ -1,0 +1,265 @@
+// Device helpers shared by the compress and decode kernels.
+//
+// A head vector of D floats (D a multiple of 8, up to 512) is held by a group of G
+// lanes, E consecutive floats per lane (E = 8, or 16 when D > 256), G * E = P, the
+// power of two >= D; lanes past D hold zeros. Every step reproduces the scalar
+// reference's operation order (src/core): Hadamard stages h = 1, 2, 4, ... (the small
+// ones inside a lane, the others between lanes), the stride-halving tree of the sum of
+// squares, RoPE as two products and one add. Exchanges stay inside the group.
+#pragma once
+#include "../../src/core/half.h"
+#include "../../src/core/hadamard.h"
+#include "../../src/core/lattice_codec.h"
+#include "../../src/core/vector_codec.h"
+#include "gpu_desc.h"
+#include "gpu_runtime.h"
+
+#if defined(NQ_GPU_SIM)
+#define NQ_GRID_CONSTANT
+#elif defined(__HIPCC__) || defined(NQ_HIP)
+#define NQ_GRID_CONSTANT
+#else
+#define NQ_GRID_CONSTANT __grid_constant__
+#endif
+
+namespace nq {
+namespace gpu {
+
+// dtype codes as in nq_dtype
+constexpr uint32_t kF16 = 1, kBF16 = 2, kF32 = 3;
+
+__device__ __forceinline__ uint4 ld16(const void *p) {
+#if defined(NQ_GPU_SIM)
+    uint4 v;
+    std::memcpy(&v, p, 16);
+    return v;
+#else
+    return *reinterpret_cast<const uint4 *>(p);
+#endif
+}
+__device__ __forceinline__ void st16(void *p, uint4 v) {
+#if defined(NQ_GPU_SIM)
+    std::memcpy(p, &v, 16);
+#else
+    *reinterpret_cast<uint4 *>(p) = v;
+#endif
+}
+__device__ __forceinline__ bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+__device__ __forceinline__ float half_to_float(uint16_t h, uint32_t dtype) {
+    return dtype == kBF16 ? bf16_to_f32(h) : f16_to_f32(h);
+}
+__device__ __forceinline__ uint16_t float_to_half(float f, uint32_t dtype) {
+    return dtype == kBF16 ? f32_to_bf16(f) : f32_to_f16(f);
+}
+
+// Loads x[e] = element d0 + e (e < E) of a vector at base + off; zeros past D.
+template <int E>
+__device__ __forceinline__ void load_lane(const void *base, uint32_t dtype, int64_t off, int64_t sd, uint32_t d0,
+                                          uint32_t D, float (&x)[E]) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) x[e] = 0.0f;
+    if (d0 >= D) return;
+    const uint32_t n = D - d0 < (uint32_t)E ? D - d0 : (uint32_t)E;  // a multiple of 8
+    if (dtype == kF32) {
+        const float *p = static_cast<const float *>(base) + off + (int64_t)d0 * sd;
+        if (sd == 1 && aligned16(p)) {
+#pragma unroll
+            for (int c = 0; c < E / 4; ++c) {
+                if ((uint32_t)c * 4 < n) {
+                    uint4 u = ld16(p + 4 * c);
+                    x[4 * c + 0] = __uint_as_float(u.x);
+                    x[4 * c + 1] = __uint_as_float(u.y);
+                    x[4 * c + 2] = __uint_as_float(u.z);
+                    x[4 * c + 3] = __uint_as_float(u.w);
+                }
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < E; ++e)
+                if ((uint32_t)e < n) x[e] = p[(int64_t)e * sd];
+        }
+        return;
+    }
+    const uint16_t *p = static_cast<const uint16_t *>(base) + off + (int64_t)d0 * sd;
+    if (sd == 1 && aligned16(p)) {
+#pragma unroll
+        for (int c = 0; c < E / 8; ++c) {
+            if ((uint32_t)c * 8 < n) {
+                uint4 u = ld16(p + 8 * c);
+                const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    x[8 * c + 2 * i] = half_to_float((uint16_t)(w[i] & 0xffffu), dtype);
+                    x[8 * c + 2 * i + 1] = half_to_float((uint16_t)(w[i] >> 16), dtype);
+                }
+            }
+        }
+    } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e)
+            if ((uint32_t)e < n) x[e] = half_to_float(p[(int64_t)e * sd], dtype);
+    }
+}
+
+// Stores x[e] into element d0 + e of a vector at base + off (only elements < D).
+template <int E>
+__device__ __forceinline__ void store_lane(void *base, uint32_t dtype, int64_t off, int64_t sd, uint32_t d0, uint32_t D,
+                                           const float (&x)[E]) {
+    if (d0 >= D) return;
+    const uint32_t n = D - d0 < (uint32_t)E ? D - d0 : (uint32_t)E;
+    if (dtype == kF32) {
+        float *p = static_cast<float *>(base) + off + (int64_t)d0 * sd;
+        if (sd == 1 && aligned16(p)) {
+#pragma unroll
+            for (int c = 0; c < E / 4; ++c)
+                if ((uint32_t)c * 4 < n) {
+                    uint4 u;
+                    u.x = __float_as_uint(x[4 * c + 0]);
+                    u.y = __float_as_uint(x[4 * c + 1]);
+                    u.z = __float_as_uint(x[4 * c + 2]);
+                    u.w = __float_as_uint(x[4 * c + 3]);
+                    st16(p + 4 * c, u);
+                }
+        } else {
+#pragma unroll
+            for (int e = 0; e < E; ++e)
+                if ((uint32_t)e < n) p[(int64_t)e * sd] = x[e];
+        }
+        return;
+    }
+    uint16_t *p = static_cast<uint16_t *>(base) + off + (int64_t)d0 * sd;
+    if (sd == 1 && aligned16(p)) {
+#pragma unroll
+        for (int c = 0; c < E / 8; ++c)
+            if ((uint32_t)c * 8 < n) {
+                uint32_t w[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+                    w[i] = (uint32_t)float_to_half(x[8 * c + 2 * i], dtype) |
+                           ((uint32_t)float_to_half(x[8 * c + 2 * i + 1], dtype) << 16);
+                uint4 u;
+                u.x = w[0];
+                u.y = w[1];
+                u.z = w[2];
+                u.w = w[3];
+                st16(p + 8 * c, u);
+            }
+    } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e)
+            if ((uint32_t)e < n) p[(int64_t)e * sd] = float_to_half(x[e], dtype);
+    }
+}
+
+// Bit e set when dimension d0 + e takes a negative Hadamard sign.
+template <int E> __device__ __forceinline__ uint32_t sign_bits(uint32_t d0) {
+    uint32_t m = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+        if (hadamard_sign_negative(d0 + (uint32_t)e)) m |= 1u << e;
+    return m;
+}
+
+// Unnormalised Walsh-Hadamard over blocks of n (a power of two >= 8) across the group.
+template <int E>
+__device__ __forceinline__ void fwht_lanes(float (&x)[E], uint32_t n, uint32_t gl, unsigned mask) {
+#pragma unroll
+    for (int h = 1; h < E; h <<= 1) {
+        if ((uint32_t)h < n) {
+#pragma unroll
+            for (int i = 0; i < E; i += 2 * h)
+#pragma unroll
+                for (int j = i; j < i + h; ++j) {
+                    float a = x[j], b = x[j + h];
+                    x[j] = a + b;
+                    x[j + h] = a - b;
+                }
+        }
+    }
+    for (uint32_t h = E; h < n; h <<= 1) {
+        const uint32_t lm = h / E;
+        const bool upper = (gl & lm) != 0;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            float p = __shfl_xor_sync(mask, x[e], (int)lm);
+            x[e] = upper ? p - x[e] : x[e] + p;
+        }
+    }
+}
+
+// Sum of squares by the stride-halving tree over P = G * E (tree_sum_squares); every
+// lane of the group gets the result.
+template <int E, int G>
+__device__ __forceinline__ float sum_squares_lanes(const float (&x)[E], uint32_t gl, unsigned mask) {
+    float s[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) s[e] = x[e] * x[e];
+#pragma unroll
+    for (int lm = G / 2; lm >= 1; lm >>= 1) {
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            float p = __shfl_xor_sync(mask, s[e], lm);
+            s[e] = s[e] + p;
+        }
+    }
+#pragma unroll
+    for (int step = E / 2; step >= 1; step >>= 1)
+#pragma unroll
+        for (int e = 0; e < step; ++e) s[e] = s[e] + s[e + step];
+    (void)gl;
+    return __shfl_sync(mask, s[0], 0, G);
+}
+
+// RoPE on the rotary dims through the group's shared-memory row `sm` (P floats).
+// inverse: x <- R(-angle) x (rope_unrotate), else x <- R(angle) x (rope_rotate).
+template <int E>
+__device__ __forceinline__ void rope_lanes(float (&x)[E], float *sm, uint32_t d0, uint32_t pairing, uint32_t rot,
+                                           const RopeCS *cs, bool inverse, unsigned mask) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) sm[d0 + e] = x[e];
+    __syncwarp(mask);
+    const uint32_t half = rot / 2;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        const uint32_t d = d0 + (uint32_t)e;
+        if (d >= rot) continue;
+        uint32_t i, partner;
+        bool is_a;
+        if (pairing == 2) {  // interleaved: (2i, 2i + 1)
+            i = d >> 1;
+            is_a = (d & 1u) == 0;
+            partner = is_a ? d + 1 : d - 1;
+        } else {  // split half: (i, i + rot/2)
+            is_a = d < half;
+            i = is_a ? d : d - half;
+            partner = is_a ? d + half : d - half;
+        }
+        const RopeCS t = cs[i];
+        const float a = is_a ? x[e] : sm[partner];
+        const float b = is_a ? sm[partner] : x[e];
+        const float ac = a * t.c, bs = b * t.s, bc = b * t.c, as = a * t.s;
+        if (inverse)
+            x[e] = is_a ? ac + bs : bc - as;
+        else
+            x[e] = is_a ? ac - bs : bc + as;
+    }
+    __syncwarp(mask);
+}
+
+// Finds the item whose [begin, next begin) holds `row` (begin values increase).
+template <class T, class F>
+__device__ __forceinline__ uint32_t find_item(const T *items, uint32_t n, uint64_t row, F begin_of) {
+    uint32_t lo = 0, hi = n;  // answer in [lo, hi)
+    while (hi - lo > 1) {
+        uint32_t mid = (lo + hi) >> 1;
+        if (begin_of(items[mid]) <= row)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+}  // namespace gpu
+}  // namespace nq
