@@ -326,6 +326,7 @@ nq_status gpu_batch(nq_context *ctx, const nq_kv_desc *items, const nq_score_des
 }
 #endif
 
+#if defined(NQ_HAVE_GPU)
 // The memory kind of a caller's descriptor (read without copying the whole struct).
 nq_memory memory_of(const nq_kv_desc *kv) {
     size_t sz;
@@ -333,6 +334,7 @@ nq_memory memory_of(const nq_kv_desc *kv) {
     if (sz < offsetof(nq_kv_desc, memory) + sizeof(nq_memory)) return NQ_MEMORY_HOST;
     return kv->memory;
 }
+#endif
 
 }  // namespace
 
