@@ -1,5 +1,6 @@
 // What the host side of the GPU backend hands the kernel files, and the launch shapes.
 #pragma once
+#include <atomic>
 #include <cstdint>
 
 #include "gpu_desc.h"
@@ -20,13 +21,20 @@ inline uint32_t lanes_for(uint32_t head_dim) {
 
 // Blocks for `threads` threads of work: no more than fill the device once (the kernels
 // loop over their rows), at least 1.
+// The device is asked once per kernel and device, so launches made while a stream is
+// being captured into a graph call nothing but the launch itself.
 template <class Kernel> unsigned grid_for(int device, Kernel kern, uint64_t threads) {
-    int sms = 1, per_sm = 1;
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, (int)kThreads, 0);
-    if (per_sm < 1) per_sm = 1;
+    static std::atomic<int> resident[16];
+    int blocks = device >= 0 && device < 16 ? resident[device].load(std::memory_order_relaxed) : 0;
+    if (blocks <= 0) {
+        int sms = 1, per_sm = 1;
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, (int)kThreads, 0);
+        blocks = (sms < 1 ? 1 : sms) * (per_sm < 1 ? 1 : per_sm);
+        if (device >= 0 && device < 16) resident[device].store(blocks, std::memory_order_relaxed);
+    }
     uint64_t need = (threads + kThreads - 1) / kThreads;
-    uint64_t cap = (uint64_t)sms * (uint64_t)per_sm;
+    uint64_t cap = (uint64_t)blocks;
     if (need > cap) need = cap;
     return need ? (unsigned)need : 1u;
 }

@@ -11,6 +11,7 @@
 // GB/s counts the fp16 K and V bytes read (compress) or written (decode); the copy
 // column is bytes copied per second by cudaMemcpyAsync (each byte read once and
 // written once). Medians of N runs after warm-up; inputs are random, never zeros.
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: build the CUDA backend (sm_90), print the kernels' resource
+# usage, run the GPU tests, the benchmark, and the GPU tests under compute-sanitizer
+# memcheck. Logs go to $OUT (or ./gpu-run); a short summary is printed last.
+#   bash bench/gpu/run_device.sh
+# Optional: .devdeps/root holds the build's dependencies unpacked from packages (zstd,
+# xxhash, googletest, pkgconf) for machines that lack them; .devdeps/src.tar.gz holds
+# the sources to build instead of this tree (a committed snapshot).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=${OUT:-$root/gpu-run}
+mkdir -p "$out"
+src=$root
+if [ -f "$root/.devdeps/src.tar.gz" ]; then
+  src=/tmp/nq-src
+  rm -rf "$src" && mkdir -p "$src" && tar xzf "$root/.devdeps/src.tar.gz" -C "$src"
+fi
+extra=()
+deps=$root/.devdeps/root
+if [ -d "$deps" ]; then
+  export PKG_CONFIG_PATH=$deps/usr/lib/x86_64-linux-gnu/pkgconfig
+  export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+  sed -i "s|^prefix=.*|prefix=$deps/usr|" "$PKG_CONFIG_PATH"/*.pc
+  extra=(-DPKG_CONFIG_EXECUTABLE="$deps/usr/bin/pkgconf" -DGTest_DIR="$deps/usr/lib/x86_64-linux-gnu/cmake/GTest")
+fi
+nvidia-smi > "$out/nvidia-smi.txt" 2>&1
+b=/tmp/nq-build
+t0=$SECONDS
+cmake -S "$src" -B $b -DNQ_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DNQ_BUILD_TOOLS=OFF -DNQ_GPU_SIM_TESTS=OFF \
+  "${extra[@]}" > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
+cmake --build $b -j16 --target nq_gpu_tests bench_cuda > "$out/build.log" 2>&1 || {
+  grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
+echo "build: $((SECONDS - t0)) s"
+# Registers, stack and shared memory of every kernel (sm_90).
+for f in encode decode select backend; do
+  cuobjdump -res-usage $b/CMakeFiles/nq_cuda_objects.dir/backends/cuda/$f.cu.o 2>/dev/null
+done | grep -E "Function|REG" > "$out/resource-usage.txt"
+
+t0=$SECONDS
+timeout 300 $b/tests/gpu/nq_gpu_tests > "$out/tests.log" 2>&1
+tests_rc=$?
+echo "tests: rc=$tests_rc, $((SECONDS - t0)) s"
+t0=$SECONDS
+timeout 240 $b/bench/gpu/bench_cuda --reps ${NQ_BENCH_REPS:-10} > "$out/bench.log" 2>&1
+echo "bench: rc=$?, $((SECONDS - t0)) s"
+t0=$SECONDS
+timeout ${NQ_SAN_TIMEOUT:-200} compute-sanitizer --tool memcheck --error-exitcode 3 $b/tests/gpu/nq_gpu_tests \
+  --gtest_filter='GpuEquivalenceExtra.*:GpuBatch.*:GpuArchive.*:GpuErrors.*:*lossless_f16_*:*max_bf16_paged*:*balanced_f32_strided*' \
+  > "$out/memcheck.log" 2>&1
+echo "memcheck: rc=$?, $((SECONDS - t0)) s"
+
+echo "==== tests"
+grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED  \]|Failure|differ|unwritten" "$out/tests.log" | head -40
+tail -4 "$out/tests.log"
+echo "==== memcheck"
+grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$out/memcheck.log" | head -20
+echo "==== resource usage"
+grep -A1 -E "encode_kernel|decode_kernel" "$out/resource-usage.txt" | grep -E "REG" | head -14
+echo "==== bench"
+tail -12 "$out/bench.log"
