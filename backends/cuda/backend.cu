@@ -371,6 +371,8 @@ nq_status gpu_compress(nq_context *ctx, const GpuItem *items, size_t n, void *wo
             e.gap_begin[s] = g.offset[s] + g.length[s];
             e.gap_end[s] = s + 1 < kNumSections ? g.offset[s + 1] : g.total;
         }
+        if (2ull * H * K >= (1ull << 32))
+            return fail(NQ_ERR_UNSUPPORTED, "an item of %u heads x %u tokens is too large for one GPU block", H, K);
         e.row_begin = rows;
         rows += 2ull * H * K;
         e.pos_begin = pos_entries;
@@ -497,6 +499,9 @@ nq_status gpu_decode(nq_context *ctx, const nq_block &b, uint32_t begin, uint32_
     p.rotary_dims = h.rotary_dims;
 
     const uint32_t total = end - begin;
+    if (2ull * h.num_heads * total >= (1ull << 32))
+        return fail(NQ_ERR_UNSUPPORTED, "decoding %u heads x %u tokens at once: split the range", (unsigned)h.num_heads,
+                    total);
     const bool kp = out.k_layout.kind == NQ_LAYOUT_PAGED, vp = out.v_layout.kind == NQ_LAYOUT_PAGED;
     uint32_t chunk = total;
     if (kp || vp) {

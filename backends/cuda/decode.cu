@@ -31,12 +31,12 @@ template <int E, int G> __global__ void __launch_bounds__(kThreads) decode_kerne
     float *sm = smem + (threadIdx.x / G) * (G * E);
     const uint32_t D = p.D, n_block = hadamard_block(D);
     const float inv_n = 1.0f / (float)n_block;
-    const uint64_t HC = (uint64_t)p.H * p.count;
-    for (uint64_t row = tid / G; row < 2 * HC; row += ngroups) {
-        uint64_t r = row;
+    const uint32_t HC = p.H * p.count;  // 2 * H * count < 2^32 (checked on the host)
+    for (uint64_t row = tid / G; row < 2ull * HC; row += ngroups) {
+        uint32_t r = (uint32_t)row;
         const bool is_v = r >= HC;
         if (is_v) r -= HC;
-        const uint32_t h = (uint32_t)(r / p.count), o = (uint32_t)(r % p.count);
+        const uint32_t h = r / p.count, o = r - h * p.count;
         const uint32_t j = p.begin + o, out_t = p.out_begin + o;
         float x[E];
         if (j < p.s_end || j >= p.w_begin) {

@@ -62,11 +62,11 @@ __global__ void __launch_bounds__(kThreads) encode_kernel(const EncodeItem *item
         const uint32_t ii = find_item(items, n_items, row, [](const EncodeItem &x) { return x.row_begin; });
         const EncodeItem &it = items[ii];
         const uint32_t D = it.D, K = it.K;
-        uint64_t r = row - it.row_begin;
-        const uint64_t HK = (uint64_t)it.H * K;
+        uint32_t r = (uint32_t)(row - it.row_begin);  // 2 * H * K < 2^32 (checked on the host)
+        const uint32_t HK = it.H * K;
         const bool is_v = r >= HK;
         if (is_v) r -= HK;
-        const uint32_t h = (uint32_t)(r / K), j = (uint32_t)(r % K);
+        const uint32_t h = r / K, j = r - h * K;
         const uint32_t t = it.kept ? it.kept[(uint64_t)(it.kept_rows > 1 ? h : 0) * K + j] : j;
         const Layout &l = is_v ? it.vl : it.kl;
         float x[E];
@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kThreads) encode_kernel(const EncodeItem *item
             for (int i = 0; i < 8; ++i) tv[i] = x[8 * g + i] * inv;
             uint8_t *out = codes + (d / 8) * (uint32_t)bits;
             if (it.codec == kCodecE8)
-                e8_encode_group(tv, bits, out);
+                e8_encode_group_reg(tv, bits, out);
             else
                 scalar_encode_group(tv, bits, out);
         }

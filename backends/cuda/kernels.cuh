@@ -46,11 +46,35 @@ __device__ __forceinline__ void st16(void *p, uint4 v) {
 }
 __device__ __forceinline__ bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
+// fp16 -> fp32 is exact, so the conversion instruction gives the reference's bits for
+// every non-NaN input (NaN inputs make the reference reject the row anyway); bf16 is a
+// shift. fp32 -> fp16/bf16 round to nearest even in hardware as the reference does;
+// NaN (payload rules differ) takes the reference's integer path.
 __device__ __forceinline__ float half_to_float(uint16_t h, uint32_t dtype) {
+#if defined(NQ_GPU_SIM)
     return dtype == kBF16 ? bf16_to_f32(h) : f16_to_f32(h);
+#elif defined(__HIPCC__) || defined(NQ_HIP)
+    return dtype == kBF16 ? bf16_to_f32(h) : f16_to_f32(h);
+#else
+    if (dtype == kBF16) return bf16_to_f32(h);
+    if ((h & 0x7c00u) == 0x7c00u && (h & 0x3ffu)) return f16_to_f32(h);  // NaN: keep the payload
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#endif
 }
 __device__ __forceinline__ uint16_t float_to_half(float f, uint32_t dtype) {
+#if defined(NQ_GPU_SIM) || defined(__HIPCC__) || defined(NQ_HIP)
     return dtype == kBF16 ? f32_to_bf16(f) : f32_to_f16(f);
+#else
+    if (f != f) return dtype == kBF16 ? f32_to_bf16(f) : f32_to_f16(f);
+    uint16_t h;
+    if (dtype == kBF16)
+        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    else
+        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#endif
 }
 
 // Loads x[e] = element d0 + e (e < E) of a vector at base + off; zeros past D.
@@ -245,6 +269,72 @@ __device__ __forceinline__ void rope_lanes(float (&x)[E], float *sm, uint32_t d0
             x[e] = is_a ? ac - bs : bc + as;
     }
     __syncwarp(mask);
+}
+
+// e8_encode_group (lattice_codec.h) with every array in registers: the same operations
+// in the same order, with the data-dependent index (the parity repair, the coset pick)
+// turned into selects over an unrolled loop. The equivalence tests hold it to the bytes
+// of the shared function.
+__device__ __forceinline__ float e8_coset_nearest_reg(const float (&t)[8], float shift, float lo, float hi,
+                                                      float (&k)[8]) {
+    float v[8], err[8];
+    int parity = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        v[i] = (t[i] - 0.25f) - shift;
+        const float r = clampf_(round_half_up(v[i]), lo, hi);
+        k[i] = r;
+        const float d = r - v[i];
+        err[i] = d * d;
+        parity ^= (int)r & 1;
+    }
+    if (parity) {
+        int best = 0;
+        float best_delta = 0.0f, best_alt = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const float dir = (v[i] > k[i]) ? 1.0f : -1.0f;
+            float alt = k[i] + dir;
+            if (alt > hi || alt < lo) alt = k[i] - dir;
+            const float d = alt - v[i];
+            const float delta = d * d - err[i];
+            if (i == 0 || delta < best_delta) {
+                best = i;
+                best_delta = delta;
+                best_alt = alt;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            if (i == best) {
+                const float d = best_alt - v[i];
+                k[i] = best_alt;
+                err[i] = d * d;
+            }
+    }
+    float total = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) total += err[i];
+    return total;
+}
+
+__device__ __forceinline__ void e8_encode_group_reg(const float (&t)[8], int bits, uint8_t *out) {
+    const float lo = -(float)(1 << (bits - 1));
+    const float hi = (float)((1 << (bits - 1)) - 1);
+    float k0[8], k1[8];
+    const float e0 = e8_coset_nearest_reg(t, 0.0f, lo, hi, k0);
+    const float e1 = e8_coset_nearest_reg(t, 0.5f, lo, hi, k1);
+    const bool c1 = e1 < e0;
+    uint64_t acc = c1 ? 1u : 0u;
+    const int half = 1 << (bits - 1);
+#pragma unroll
+    for (int i = 0; i < 7; ++i) {
+        const float ki = c1 ? k1[i] : k0[i];
+        acc |= (uint64_t)(uint32_t)((int)ki + half) << (1 + i * bits);
+    }
+    const float k7 = c1 ? k1[7] : k0[7];
+    acc |= (uint64_t)((uint32_t)((int)k7 + half) >> 1) << (1 + 7 * bits);
+    for (int b = 0; b < bits; ++b) out[b] = (uint8_t)(acc >> (8 * b));
 }
 
 // Finds the item whose [begin, next begin) holds `row` (begin values increase).
