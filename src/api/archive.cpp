@@ -199,6 +199,35 @@ extern "C" NQ_API nq_status nq_block_deserialize(nq_context *ctx, const void *sr
     const size_t table = kPrefix + kHeaderBytes;
     if (n > kNumSections || table + (size_t)n * kEntry > total - kChecksum)
         return fail(NQ_ERR_CORRUPT, "section count %u impossible", n);
+    // The header alone decides how much memory the block takes, and a few hundred bytes
+    // of header can ask for terabytes. Before allocating, require every section the
+    // geometry needs to be listed with its exact length and to fit in what its stored
+    // bytes can expand to, so that the allocation is bounded by the input.
+    {
+        size_t at = table + (size_t)n * kEntry;
+        int need = 0;
+        for (uint16_t e = 0; e < n; ++e) {
+            const uint8_t *ent = src + table + (size_t)e * kEntry;
+            const int s = ent[0];
+            const uint64_t raw = get<uint64_t>(ent + 8), stored = get<uint64_t>(ent + 16);
+            if (s >= kNumSections || s < need || raw != g.length[s] || stored > total - kChecksum - at)
+                return fail(NQ_ERR_CORRUPT, "section %u: id %d, length %" PRIu64 " or stored length %" PRIu64
+                            " does not match the header", e, s, raw, stored);
+            for (; need < s; ++need)
+                if (g.length[need]) return fail(NQ_ERR_CORRUPT, "section %d missing", need);
+            need = s + 1;
+            if (ent[1] == kZstd) {
+                const unsigned long long most = ZSTD_decompressBound(src + at, (size_t)stored);
+                if (most == ZSTD_CONTENTSIZE_ERROR || most < raw)
+                    return fail(NQ_ERR_CORRUPT, "section %d: zstd data cannot hold %" PRIu64 " bytes", s, raw);
+            } else if (stored != raw) {
+                return fail(NQ_ERR_CORRUPT, "section %d: stored length differs from raw", s);
+            }
+            at += (size_t)stored;
+        }
+        for (; need < kNumSections; ++need)
+            if (g.length[need]) return fail(NQ_ERR_CORRUPT, "section %d missing", need);
+    }
     nq_block *b = nullptr;
     NQ_TRY(block_create(ctx->mem, h, nullptr, 0, &b));
     std::memset(b->data, 0, (size_t)g.total);
