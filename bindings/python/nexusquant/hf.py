@@ -705,7 +705,10 @@ class nexusquant_evict:
 
         with nexusquant_evict(model, quality="balanced") as nq:
             out = model.generate(ids, max_new_tokens=100)
-        nq.last_cache.memory_report()
+        print(nq.last_report)   # the cache's memory_report() when generate returned
+
+    `last_cache` is the most recent cache it created that is still alive (it holds no
+    reference itself: generate drops its cache unless asked to return it).
 
     On entry it sets `generate` and `forward` as attributes of this model instance:
     wrappers that pass a fresh `NexusQuantCache` as `past_key_values` when the caller gave
@@ -734,6 +737,7 @@ class nexusquant_evict:
         self._saved = None
         self._impl = None
         self._caches = []
+        self.last_report: Optional[dict] = None  # memory_report() of the cache when the last generate returned
 
     # -- caches
 
@@ -772,8 +776,12 @@ class nexusquant_evict:
             if kwargs.get("past_key_values") is None and use_cache is not False \
                     and kwargs.get("cache_implementation") is None:
                 kwargs["past_key_values"] = self.new_cache()
-            self._check_padding(kwargs.get("past_key_values"), kwargs.get("attention_mask"))
-            return orig_generate(*args, **kwargs)
+            cache = kwargs.get("past_key_values")
+            self._check_padding(cache, kwargs.get("attention_mask"))
+            out = orig_generate(*args, **kwargs)
+            if isinstance(cache, NexusQuantCache):
+                self.last_report = cache.memory_report()
+            return out
 
         @functools.wraps(orig_forward)
         def forward(*args, **kwargs):

