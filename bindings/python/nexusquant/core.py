@@ -231,11 +231,13 @@ class Sequence:
         self._h = ctypes.c_void_p(None)
 
     def append(self, k, v, *, positions=None, start_position: int = 0, scores=None, queries=None,
-               query_positions=None, pool_kernel: int = 0, dtype: Optional[str] = None):
+               query_positions=None, pool_kernel: int = 0, dtype: Optional[str] = None, stream=None):
+        """stream: a cudaStream_t (int) for device pointers; None = the default stream."""
         kv, vv = _View(k, dtype), _View(v, dtype)
         d, keep_pos = _kv_desc(kv, vv, 0, positions, start_position)
         s, keep_s = _score_desc(scores, queries, query_positions, pool_kernel)
-        _check(L.lib().nq_sequence_append(self._h, ctypes.byref(d), ctypes.byref(s) if s is not None else None, None))
+        _check(L.lib().nq_sequence_append(self._h, ctypes.byref(d), ctypes.byref(s) if s is not None else None,
+                                          stream))
 
     def totals(self) -> dict:
         t, b, o = ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_uint64()
@@ -261,10 +263,12 @@ class Sequence:
                                              out.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))))
         return out
 
-    def decode(self, begin: int = 0, end: Optional[int] = None, dtype: str = "float32", out=None):
+    def decode(self, begin: int = 0, end: Optional[int] = None, dtype: str = "float32", out=None, stream=None):
+        """stream: a cudaStream_t (int) when out is on the device; None = the default stream."""
         end = self.num_tokens if end is None else end
-        return self._ctx._decode_into(lambda d: L.lib().nq_sequence_decode(self._h, begin, end, ctypes.byref(d), None),
-                                      end - begin, dtype, out)
+        return self._ctx._decode_into(
+            lambda d: L.lib().nq_sequence_decode(self._h, begin, end, ctypes.byref(d), stream),
+            end - begin, dtype, out)
 
 
 class Context:
