@@ -54,7 +54,7 @@ template <int E, int G> __global__ void __launch_bounds__(kThreads) decode_kerne
                 float q[8];
                 if (d < D) {
                     if (p.codec == kCodecE8)
-                        e8_decode_group(codes + (d / 8) * (uint32_t)bits, bits, q);
+                        e8_decode_group_fast(codes + (d / 8) * (uint32_t)bits, bits, q);
                     else
                         scalar_decode_group(codes + (d / 8) * (uint32_t)bits, bits, q);
 #pragma unroll

@@ -126,6 +126,22 @@ __device__ __forceinline__ void load_lane(const void *base, uint32_t dtype, int6
     }
 }
 
+// Two floats rounded to fp16 or bf16 in one instruction, low element first; NaN takes
+// the reference's integer path.
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi, uint32_t dtype) {
+#if defined(NQ_GPU_SIM) || defined(__HIPCC__) || defined(NQ_HIP)
+    return (uint32_t)float_to_half(lo, dtype) | ((uint32_t)float_to_half(hi, dtype) << 16);
+#else
+    if (lo != lo || hi != hi) return (uint32_t)float_to_half(lo, dtype) | ((uint32_t)float_to_half(hi, dtype) << 16);
+    uint32_t u;
+    if (dtype == kBF16)
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(u) : "f"(hi), "f"(lo));
+    else
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(u) : "f"(hi), "f"(lo));
+    return u;
+#endif
+}
+
 // Stores x[e] into element d0 + e of a vector at base + off (only elements < D).
 template <int E>
 __device__ __forceinline__ void store_lane(void *base, uint32_t dtype, int64_t off, int64_t sd, uint32_t d0, uint32_t D,
@@ -159,9 +175,7 @@ __device__ __forceinline__ void store_lane(void *base, uint32_t dtype, int64_t o
             if ((uint32_t)c * 8 < n) {
                 uint32_t w[4];
 #pragma unroll
-                for (int i = 0; i < 4; ++i)
-                    w[i] = (uint32_t)float_to_half(x[8 * c + 2 * i], dtype) |
-                           ((uint32_t)float_to_half(x[8 * c + 2 * i + 1], dtype) << 16);
+                for (int i = 0; i < 4; ++i) w[i] = pack_half2(x[8 * c + 2 * i], x[8 * c + 2 * i + 1], dtype);
                 uint4 u;
                 u.x = w[0];
                 u.y = w[1];
@@ -271,6 +285,13 @@ __device__ __forceinline__ void rope_lanes(float (&x)[E], float *sm, uint32_t d0
     __syncwarp(mask);
 }
 
+// Integer-valued floats to and from small integers with adds instead of conversion
+// instructions (a quarter of the arithmetic rate): exact for |x| < 2^22.
+__device__ __forceinline__ uint32_t small_int_bits(float x, float offset) {
+    return __float_as_uint(x + (8388608.0f + offset)) - 0x4b000000u;  // (uint32)(x + offset)
+}
+__device__ __forceinline__ float small_uint_float(uint32_t u) { return __uint_as_float(0x4b000000u | u) - 8388608.0f; }
+
 // e8_encode_group (lattice_codec.h) with every array in registers: the same operations
 // in the same order, with the data-dependent index (the parity repair, the coset pick)
 // turned into selects over an unrolled loop. The equivalence tests hold it to the bytes
@@ -286,9 +307,9 @@ __device__ __forceinline__ float e8_coset_nearest_reg(const float (&t)[8], float
         k[i] = r;
         const float d = r - v[i];
         err[i] = d * d;
-        parity ^= (int)r & 1;
+        parity ^= (int)__float_as_uint(r + 12582912.0f);  // low bit: the parity of r
     }
-    if (parity) {
+    if (parity & 1) {
         int best = 0;
         float best_delta = 0.0f, best_alt = 0.0f;
 #pragma unroll
@@ -330,11 +351,29 @@ __device__ __forceinline__ void e8_encode_group_reg(const float (&t)[8], int bit
 #pragma unroll
     for (int i = 0; i < 7; ++i) {
         const float ki = c1 ? k1[i] : k0[i];
-        acc |= (uint64_t)(uint32_t)((int)ki + half) << (1 + i * bits);
+        acc |= (uint64_t)small_int_bits(ki, (float)half) << (1 + i * bits);
     }
     const float k7 = c1 ? k1[7] : k0[7];
-    acc |= (uint64_t)((uint32_t)((int)k7 + half) >> 1) << (1 + 7 * bits);
+    acc |= (uint64_t)(small_int_bits(k7, (float)half) >> 1) << (1 + 7 * bits);
     for (int b = 0; b < bits; ++b) out[b] = (uint8_t)(acc >> (8 * b));
+}
+
+// e8_decode_group (lattice_codec.h) without conversion instructions: the same values.
+__device__ __forceinline__ void e8_decode_group_fast(const uint8_t *in, int bits, float (&q)[8]) {
+    uint64_t acc = 0;
+    for (int b = 0; b < bits; ++b) acc |= (uint64_t)in[b] << (8 * b);
+    const uint32_t mask = (1u << bits) - 1u;
+    const float half = (float)(1 << (bits - 1));
+    const float shift = (acc & 1u) ? 0.75f : 0.25f;
+    uint32_t par = 0;
+#pragma unroll
+    for (int i = 0; i < 7; ++i) {
+        const uint32_t u = (uint32_t)(acc >> (1 + i * bits)) & mask;
+        par ^= u;
+        q[i] = (small_uint_float(u) - half) + shift;
+    }
+    const uint32_t u7 = (((uint32_t)(acc >> (1 + 7 * bits)) & (mask >> 1)) << 1) | (par & 1u);
+    q[7] = (small_uint_float(u7) - half) + shift;
 }
 
 // Finds the item whose [begin, next begin) holds `row` (begin values increase).

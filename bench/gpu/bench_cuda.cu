@@ -2,7 +2,7 @@
 // 8 KV heads, head_dim 128) and a head_dim 64 model, next to a device-to-device copy
 // of the same bytes timed in the same run.
 //
-//   bench_cuda [--quick] [--reps N]
+//   bench_cuda [--quick] [--reps N] [--shape I]
 //
 // compress: one nq_compress_batch call over the layers of a shape (caller buffers and
 // workspace), timed around the API call with events ("call": host planning, uploads and
@@ -213,10 +213,11 @@ Row run(const Shape &sh, cudaStream_t s, int reps) {
 
 int main(int argc, char **argv) {
     bool quick = false;
-    int reps = 15;
+    int reps = 15, only = -1;
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--quick")) quick = true;
         if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
+        if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) only = std::atoi(argv[++i]);
     }
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
@@ -237,6 +238,7 @@ int main(int argc, char **argv) {
         {"hd64 32K tok x8 layers", 8, 8, 64, 32768, NQ_PRESET_LOSSLESS, NQ_ROPE_REMOVE},
     };
     if (quick) shapes.resize(2);
+    if (only >= 0 && only < (int)shapes.size()) shapes = {shapes[(size_t)only]};
     std::vector<Row> rows;
     for (const Shape &sh : shapes) {
         rows.push_back(run(sh, s, reps));

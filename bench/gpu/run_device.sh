@@ -49,6 +49,14 @@ timeout ${NQ_SAN_TIMEOUT:-200} compute-sanitizer --tool memcheck --error-exitcod
   > "$out/memcheck.log" 2>&1
 echo "memcheck: rc=$?, $((SECONDS - t0)) s"
 
+if [ "${NQ_NCU:-0}" = 1 ]; then
+  t0=$SECONDS
+  timeout 200 ncu -k regex:'encode_kernel|decode_kernel' -c 2 --section SpeedOfLight --section Occupancy \
+    --section WarpStateStats --section ComputeWorkloadAnalysis --section InstructionStats --section LaunchStats \
+    $b/bench/gpu/bench_cuda --shape 1 --reps 1 > "$out/ncu.txt" 2>&1
+  echo "ncu: rc=$?, $((SECONDS - t0)) s"
+fi
+
 echo "==== tests"
 grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED  \]|Failure|differ|unwritten" "$out/tests.log" | head -40
 tail -4 "$out/tests.log"
@@ -56,5 +64,9 @@ echo "==== memcheck"
 grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$out/memcheck.log" | head -20
 echo "==== resource usage"
 grep -A1 -E "encode_kernel|decode_kernel" "$out/resource-usage.txt" | grep -E "REG" | head -14
+if [ -f "$out/ncu.txt" ]; then
+  echo "==== ncu"
+  grep -E "^  [a-z_]+.*\(|encode_kernel|decode_kernel|Throughput|Achieved Occupancy|Issue Slots Busy|Executed Ipc A|Warp Cycles Per Issued|No Eligible|Registers Per|Theoretical Occ|Block Limit Reg" "$out/ncu.txt" | grep -v "^    ---" | head -40
+fi
 echo "==== bench"
 tail -12 "$out/bench.log"
