@@ -35,11 +35,12 @@ uint32_t page_size_of(const nq_context *ctx, const nq_kv_desc &kv) {
     return 16;
 }
 
-// Pages [0, first_free) and [last_forced, pages) are forced (sinks, window).
+// Pages [0, head_pages) and [tail_first, pages) are forced (sinks, window). The
+// partial last page is forced even without a window: only full pages are candidates,
+// which keeps the planned count exact (and the page means inside the T tokens).
 void forced_pages(const Budget &b, uint32_t T, uint32_t P, uint32_t *head_pages, uint32_t *tail_first) {
-    uint32_t pages = (T + P - 1) / P;
     *head_pages = b.sinks ? (b.sinks + P - 1) / P : 0;
-    *tail_first = b.window ? (T - b.window) / P : pages;
+    *tail_first = (T - b.window) / P;
     if (*tail_first < *head_pages) *tail_first = *head_pages;
 }
 
