@@ -206,8 +206,12 @@ def _safe_view(x: torch.Tensor) -> torch.Tensor:
 class NexusQuantLayer(CacheLayerMixin):
     """One attention layer: compressed library sequences + a full-precision window.
 
-    `keys`/`values` hold the full-precision window only ``[batch, kv_heads, W, head_dim]``;
-    the compressed tokens live in `sequences` (one `core.Sequence` per batch element).
+    `keys`/`values` hold the full-precision window only, ``[batch, kv_heads, W, head_dim]``.
+    The compressed tokens of batch element b live in `segments[b]`: a list of
+    `core.Sequence` whose blocks, in order, hold that element's compressed tokens. It
+    is one sequence unless beam search (or `num_return_sequences`) duplicated an element
+    after the prefill: the copies then share the sequences they had (the bytes exist
+    once) and each appends to a new sequence of its own.
     """
 
     is_compileable = False
@@ -218,10 +222,10 @@ class NexusQuantLayer(CacheLayerMixin):
         super().__init__()
         self._cache = weakref.proxy(cache)
         self.layer_idx = layer_idx
-        self.sequences: Optional[list] = None
+        self.segments: Optional[list] = None
         self.seen = 0            # tokens seen, evicted ones included (original count)
         self.window_start = 0    # original position of the window's first token
-        self.stored = 0          # tokens per head held compressed (the same for every element)
+        self.stored = 0          # compressed tokens per head (the same for every element)
         self.compress_calls = 0  # library compress calls (prefill + appended chunks)
         self._pending = None     # the prefill's K/V while its queries are awaited
 
@@ -243,18 +247,18 @@ class NexusQuantLayer(CacheLayerMixin):
         block per batch element and keeps nothing else. Later calls: returns the decoded
         compressed tokens + the full-precision window + the new tokens (unfused path).
         """
-        if not self.is_initialized or (self.sequences is None and self.keys.shape[0] != key_states.shape[0]):
+        if not self.is_initialized or (self.segments is None and self.keys.shape[0] != key_states.shape[0]):
             self.lazy_initialization(key_states, value_states)
         q = key_states.shape[-2]
-        if self.sequences is None:
+        if self.segments is None:
             if q == 0:
                 return key_states, value_states
-            self.sequences = [self._new_sequence() for _ in range(key_states.shape[0])]
+            self.segments = [[] for _ in range(key_states.shape[0])]
             self.seen = self.window_start = q
             self._cache._note_prefill(self.layer_idx)
             if self._cache._awaits_queries(self.layer_idx):
                 # compressed as soon as the attention function has seen this layer's
-                # queries (within this forward; see NexusQuantCache.scores)
+                # queries (within this forward; see NexusQuantCache's `scores`)
                 self._pending = (key_states, value_states)
             else:
                 self._compress(key_states, value_states, start=0)
@@ -282,7 +286,7 @@ class NexusQuantLayer(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        self._free()
+        self.segments = None
         self._pending = None
         self.keys = self.values = None
         self.is_initialized = False
@@ -319,9 +323,19 @@ class NexusQuantLayer(CacheLayerMixin):
     def window_length(self) -> int:
         return self.keys.shape[-2] if self.is_initialized else 0
 
+    def sequences(self) -> list:
+        """Every library sequence of this layer, each once."""
+        seen, out = set(), []
+        for segs in self.segments or ():
+            for s in segs:
+                if id(s) not in seen:
+                    seen.add(id(s))
+                    out.append(s)
+        return out
+
     def compressed_bytes(self) -> int:
-        """Every byte of the library blocks of this layer (all batch elements)."""
-        return sum(s.nbytes for s in self.sequences) if self.sequences else 0
+        """Every byte of the library blocks of this layer (shared blocks counted once)."""
+        return sum(s.nbytes for s in self.sequences())
 
     def window_bytes(self) -> int:
         """Full-precision bytes held: the window (and, only inside a prefill forward,
@@ -332,42 +346,59 @@ class NexusQuantLayer(CacheLayerMixin):
         return sum(t.numel() * t.element_size() for t in held)
 
     def num_blocks(self, batch: int = 0) -> int:
-        return self.sequences[batch].num_blocks if self.sequences else 0
+        return sum(s.num_blocks for s in self.segments[batch]) if self.segments else 0
+
+    def blocks(self, batch: int = 0) -> list:
+        """The library blocks of batch element b, in order (borrowed `core.Block`s)."""
+        lib = L.lib()
+        return [Block(lib.nq_sequence_block(s._h, i), s._ctx, owned=False)
+                for s in (self.segments[batch] if self.segments else ()) for i in range(s.num_blocks)]
 
     def positions(self, batch: int = 0, head: int = 0) -> np.ndarray:
-        """Original positions of the keys the attention sees for (batch, head), in order."""
-        comp = self.sequences[batch].positions(head) if self.sequences else np.empty(0, np.int64)
-        win = np.arange(self.window_start, self.window_start + self.window_length, dtype=np.int64)
-        return np.concatenate([comp, win])
+        """Original positions of the keys the attention sees for (batch, kv head), in order."""
+        parts = []
+        for blk in self.blocks(batch):
+            if blk.info()["memory"] != 0:  # a device block: read its positions from a host copy
+                blk = _host_copy(blk)
+            parts.append(blk.positions(head))
+        parts.append(np.arange(self.window_start, self.window_start + self.window_length, dtype=np.int64))
+        return np.concatenate(parts)
 
-    def _new_sequence(self) -> Sequence:
-        return self._cache.context.sequence(self.layer_idx)
-
-    def _free(self):
-        for s in self.sequences or ():
-            s.free()
-        self.sequences = None
+    def _stream(self, t: torch.Tensor):
+        """The stream the library runs on for device tensors (torch's current one)."""
+        if t.is_cuda and self._cache.transfer == "device":
+            return torch.cuda.current_stream(t.device).cuda_stream
+        return None
 
     def _compress(self, k: torch.Tensor, v: torch.Tensor, start: int, queries: Optional[torch.Tensor] = None):
         """Appends k, v ([batch, heads, n, dim], original positions start..start+n-1) as one
         block per batch element. queries: [batch, q_heads, W, dim] post-RoPE queries of
         the last W tokens (eviction scores); None = the key-norm proxy."""
-        staging = self._cache.transfer == "host-staging"
-        if k.is_cuda and not staging:
-            torch.cuda.current_stream(k.device).synchronize()
+        cache = self._cache
+        transfer = cache.transfer
+        ctx = cache._context_for(k.device)
+        stream = self._stream(k)
+        shared = _shared_ids(self.segments)
         kept = set()
-        for b, seq in enumerate(self.sequences):
+        for b, segs in enumerate(self.segments):
+            if not segs or id(segs[-1]) in shared:
+                segs.append(ctx.sequence(self.layer_idx))
+            seq = segs[-1]
             kb, vb = k[b], v[b]
             qb = queries[b] if queries is not None else None
-            if staging:
+            scores = None
+            if transfer == "host-staging":
                 kb, vb = kb.to("cpu"), vb.to("cpu")
                 qb = qb.to("cpu") if qb is not None else None
-            seq.append(_safe_view(kb), _safe_view(vb), start_position=start,
-                       queries=_safe_view(qb) if qb is not None else None)
-            kept.add(seq.num_tokens)
-        self.compress_calls += len(self.sequences)
-        if len(kept) != 1:  # cannot happen with equal lengths; guard the invariant the mask relies on
-            raise RuntimeError(f"nexusquant: batch elements kept different token counts {sorted(kept)}")
+            elif transfer == "device" and qb is not None:
+                # the GPU backend takes no query descriptors: the same scores, computed here
+                scores, qb = _query_scores(qb, kb, cache.shape["num_kv_heads"]).cpu().numpy(), None
+            seq.append(_safe_view(kb), _safe_view(vb), start_position=start, scores=scores,
+                       queries=_safe_view(qb) if qb is not None else None, stream=stream)
+            kept.add(sum(s.num_tokens for s in segs))
+        self.compress_calls += len(self.segments)
+        if len(kept) != 1:  # cannot happen with equal lengths; guards the invariant the mask relies on
+            raise RuntimeError(f"nexusquant: batch elements hold different token counts {sorted(kept)}")
         self.stored = kept.pop()
 
     def _resolve_pending(self, queries: Optional[torch.Tensor] = None):
@@ -394,20 +425,25 @@ class NexusQuantLayer(CacheLayerMixin):
     def _assemble(self, new_k: torch.Tensor, new_v: torch.Tensor):
         """[decoded compressed | window | new] along the token axis."""
         b, h, q, d = new_k.shape
+        dv_ = new_v.shape[-1]
         r, w = self.stored, self.keys.shape[-2]
         out_k = new_k.new_empty((b, h, r + w + q, d))
-        out_v = new_v.new_empty((b, h, r + w + q, new_v.shape[-1]))
+        out_v = new_v.new_empty((b, h, r + w + q, dv_))
         if r:
             staging = self._cache.transfer == "host-staging"
             if staging:
-                dk = torch.empty((b, h, r, d), dtype=new_k.dtype, pin_memory=torch.cuda.is_available())
-                dv = torch.empty((b, h, r, new_v.shape[-1]), dtype=new_v.dtype, pin_memory=torch.cuda.is_available())
+                pin = torch.cuda.is_available()
+                dk = torch.empty((b, h, r, d), dtype=new_k.dtype, pin_memory=pin)
+                dv = torch.empty((b, h, r, dv_), dtype=new_v.dtype, pin_memory=pin)
             else:
                 dk, dv = out_k[:, :, :r], out_v[:, :, :r]
-                if new_k.is_cuda:
-                    torch.cuda.current_stream(new_k.device).synchronize()
-            for i, seq in enumerate(self.sequences):
-                seq.decode(0, r, out=(dk[i], dv[i]))
+            stream = self._stream(new_k)
+            for i, segs in enumerate(self.segments):
+                off = 0
+                for seq in segs:
+                    n = seq.num_tokens
+                    seq.decode(0, n, out=(dk[i, :, off:off + n], dv[i, :, off:off + n]), stream=stream)
+                    off += n
             if staging:
                 out_k[:, :, :r].copy_(dk, non_blocking=True)
                 out_v[:, :, :r].copy_(dv, non_blocking=True)
@@ -418,36 +454,52 @@ class NexusQuantLayer(CacheLayerMixin):
         return out_k, out_v
 
     def _select(self, indices: list):
-        """Keeps batch elements `indices` (repeats allowed: repeated sequences are copied
-        block by block, byte for byte)."""
+        """Keeps batch elements `indices`, in that order. Repeated elements share their
+        sequences (no bytes are copied); each copy appends to a new sequence of its own."""
         if not self.is_initialized:
             return
-        if self.sequences is not None:
-            seen, new = set(), []
-            for i in indices:
-                new.append(self.sequences[i] if i not in seen else _clone_sequence(self.sequences[i], self.layer_idx))
-                seen.add(i)
-            for i, s in enumerate(self.sequences):
-                if i not in seen:
-                    s.free()
-            self.sequences = new
+        if self.segments is not None:
+            self.segments = [list(self.segments[i]) for i in indices]
         idx = torch.tensor(indices, device=self.keys.device)
         self.keys = self.keys.index_select(0, idx)
         self.values = self.values.index_select(0, idx)
 
 
-def _clone_sequence(seq: Sequence, layer: int) -> Sequence:
-    """A new sequence holding byte-identical copies of seq's blocks (host blocks; the
-    copy goes through the archive form, which restores the resident bytes exactly)."""
+def _shared_ids(segments) -> set:
+    """ids of the sequences that appear in more than one batch element."""
+    count = {}
+    for segs in segments:
+        for s in segs:
+            count[id(s)] = count.get(id(s), 0) + 1
+    return {i for i, n in count.items() if n > 1}
+
+
+def _query_scores(q: torch.Tensor, k: torch.Tensor, kv_heads: int, pool: int = 7) -> torch.Tensor:
+    """What the library's NQ_SCORES_QUERIES computes, in torch (for the GPU backend, which
+    takes only given scores): softmax(q k^T / sqrt(d)) of the last W queries over the keys
+    they see (causal), summed over queries, max-pooled over `pool` tokens, summed over the
+    query heads of each KV head. q [q_heads, W, d], k [kv_heads, T, d] -> [kv_heads, T]."""
+    hq, w, d = q.shape
+    t = k.shape[1]
+    g = hq // kv_heads
+    logits = torch.matmul(q.float(), k.float().repeat_interleave(g, 0).transpose(1, 2)) / math.sqrt(d)
+    qpos = torch.arange(t - w, t, device=q.device)[:, None]
+    logits.masked_fill_(torch.arange(t, device=q.device)[None, :] > qpos, float("-inf"))
+    p = torch.softmax(logits, dim=-1).sum(1)  # [hq, T]
+    p = torch.nn.functional.max_pool1d(p[:, None, :], pool, stride=1, padding=pool // 2)[:, 0]
+    return p.view(kv_heads, g, t).sum(1).contiguous()
+
+
+def _host_copy(blk: Block) -> Block:
+    """A host copy of a device block (waits for the copy)."""
     lib = L.lib()
-    ctx = seq._ctx
-    out = ctx.sequence(layer)
-    for i in range(seq.num_blocks):
-        src = Block(lib.nq_sequence_block(seq._h, i), ctx, owned=False)
-        blk = ctx.deserialize(src.serialize())
-        _check_status(lib.nq_sequence_append_block(out._h, blk.handle))
-        blk._owned = False  # the sequence owns it now
-    return out
+    fn = lib.nq_block_copy
+    fn.restype = L.c_int
+    fn.argtypes = [L.vp, L.vp, L.c_int, L.i32, L.vp, L.size_t, L.vp, L.ctypes.POINTER(L.vp)]
+    out = L.vp()
+    _check_status(fn(blk._ctx.handle, blk.handle, 0, 0, None, 0, None, L.ctypes.byref(out)))
+    torch.cuda.synchronize()
+    return Block(out.value, blk._ctx)
 
 
 def _check_status(status: int):
@@ -480,6 +532,9 @@ class NexusQuantCache(Cache):
             used. "key-norm": always the proxy. Irrelevant when nothing is evicted.
         query_window: how many of the prefill's last queries score the tokens.
         num_threads: CPU threads of the library (default: torch's intra-op threads).
+        transfer: for CUDA tensors: "auto" (device pointers when the library has a CUDA
+            backend, else host staging) or "host-staging" (always copy through host
+            memory and use the CPU backend). See `transfer`.
         **context_kwargs: any other `core.Context` setting (sink_tokens, recent_window,
             fp16_sinks, fp16_window, codec, evict_mode, overrides, ...).
 
@@ -493,7 +548,7 @@ class NexusQuantCache(Cache):
     def __init__(self, model_or_config, quality: str = "lossless", *, k_bits: Optional[int] = None,
                  v_bits: Optional[int] = None, evict: Optional[float] = None, window: int = 32, chunk: int = 32,
                  rope: Optional[RopeSpec] = None, scores: str = "queries", query_window: int = 32,
-                 num_threads: Optional[int] = None, **context_kwargs):
+                 num_threads: Optional[int] = None, transfer: str = "auto", **context_kwargs):
         config = getattr(model_or_config, "config", model_or_config)
         text = _text_config(config)
         shape = model_shape(text)
@@ -509,9 +564,12 @@ class NexusQuantCache(Cache):
         self.rope = rope if rope is not None else rope_spec_from_config(text)
         if num_threads is None:
             num_threads = max(1, torch.get_num_threads())
-        self.context = Context(shape["head_dim"], shape["num_kv_heads"], shape["num_q_heads"], preset=quality,
-                               k_bits=k_bits, v_bits=v_bits, evict=evict, rope=self.rope,
-                               num_threads=num_threads, num_layers=shape["num_layers"], **context_kwargs)
+        if transfer not in ("auto", "host-staging"):
+            raise ValueError("transfer must be 'auto' or 'host-staging'")
+        self._ctx_args = dict(preset=quality, k_bits=k_bits, v_bits=v_bits, evict=evict, rope=self.rope,
+                              num_threads=num_threads, num_layers=shape["num_layers"], **context_kwargs)
+        self.context = Context(shape["head_dim"], shape["num_kv_heads"], shape["num_q_heads"], **self._ctx_args)
+        self._device_contexts = {}
         self.shape = shape
         self._warned_key_norm = False
         self._evicting = [self.context.layer_params(i)["evict_fraction"] > 0 for i in range(shape["num_layers"])]
@@ -521,7 +579,7 @@ class NexusQuantCache(Cache):
             layers.append(NexusQuantLayer(self, i) if kind == "full_attention"
                           else DYNAMIC_LAYER_TYPE_MAPPING[kind](**kw))
         super().__init__(layers=layers)
-        self._transfer = None
+        self._transfer = None if transfer == "auto" else transfer
 
     # -- properties
 
@@ -530,13 +588,25 @@ class NexusQuantCache(Cache):
         """How K/V reach the library: "host" (CPU tensors by pointer), "device" (CUDA
         tensors by device pointer, the library has a CUDA backend) or "host-staging"
         (CUDA tensors copied to host for compress and decoded on host then copied back)."""
+        dev = next((l.device for l in self.layers if getattr(l, "is_initialized", False)
+                    and getattr(l, "device", None) is not None), None)
+        if dev is None or dev.type == "cpu":
+            return "host"
         if self._transfer is None:
-            dev = next((l.device for l in self.layers if getattr(l, "is_initialized", False)
-                        and getattr(l, "device", None) is not None), None)
-            if dev is None:
-                return "host"
-            self._transfer = "host" if dev.type == "cpu" else ("device" if library_has_cuda() else "host-staging")
+            self._transfer = "device" if library_has_cuda() else "host-staging"
         return self._transfer
+
+    def _context_for(self, device: torch.device) -> Context:
+        """The host context, or (device transfer) one of the CUDA backend for that GPU."""
+        if device.type == "cpu" or self.transfer != "device":
+            return self.context
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        ctx = self._device_contexts.get(idx)
+        if ctx is None:
+            ctx = Context(self.shape["head_dim"], self.shape["num_kv_heads"], self.shape["num_q_heads"],
+                          backend="cuda", device=idx, **self._ctx_args)
+            self._device_contexts[idx] = ctx
+        return ctx
 
     @property
     def evicts(self) -> bool:

@@ -143,7 +143,7 @@ def test_memory_report_counts_real_block_bytes(model):
         _, _, cache = first_step(model, ids, None)
     # after one decode step: 256 compressed tokens per layer + 1 in the window
     rep = cache.memory_report()
-    blocks = sum(s.nbytes for layer in cache.compressed_layers for s in layer.sequences)
+    blocks = sum(s.nbytes for layer in cache.compressed_layers for s in layer.sequences())
     assert rep["compressed_bytes"] == blocks
     assert blocks == cache.context.estimate_bytes(2, 256)  # the library's own accounting of the same blocks
     assert rep["window_bytes"] == 2 * 2 * 2 * 1 * 32 * 4  # layers x K,V x heads x 1 token x dim x fp32
@@ -205,20 +205,28 @@ def test_queries_score_eviction_inside_the_manager(model):
             with nexusquant_evict(model, quality="balanced", scores=scores):
                 with torch.no_grad():
                     cache = model(ids).past_key_values
-        digests[scores] = [_block(layer.sequences[0], 0).digest() for layer in cache.compressed_layers]
+        digests[scores] = [layer.blocks(0)[0].digest() for layer in cache.compressed_layers]
     assert digests["queries"] != digests["key-norm"]
     # a cache used outside the manager cannot see queries: it warns and ranks by key norm
     cache = NexusQuantCache(model, quality="balanced")
     with pytest.warns(UserWarning, match="key-norm"):
         with torch.no_grad():
             model(ids, past_key_values=cache)
-    assert [_block(layer.sequences[0], 0).digest() for layer in cache.compressed_layers] == digests["key-norm"]
+    assert [layer.blocks(0)[0].digest() for layer in cache.compressed_layers] == digests["key-norm"]
 
 
-def _block(seq, i):
-    from nexusquant import _lib as L
-    from nexusquant.core import Block
-    return Block(L.lib().nq_sequence_block(seq._h, i), seq._ctx, owned=False)
+def test_torch_query_scores_match_the_library():
+    # the device path computes the query scores in torch (the GPU backend takes only given
+    # scores): the blocks must be the ones the library's own query scoring makes
+    from nexusquant.core import Context, RopeSpec
+    g = torch.Generator().manual_seed(12)
+    k, v = torch.randn(2, 300, 32, generator=g), torch.randn(2, 300, 32, generator=g)
+    q = 2 * torch.randn(6, 32, 32, generator=g)
+    ctx = Context(32, 2, 6, preset="balanced", rope=RopeSpec(mode="none"))
+    by_lib = ctx.compress(k, v, queries=q)
+    by_torch = ctx.compress(k, v, scores=hf._query_scores(q, k, 2).numpy())
+    assert by_lib.tokens_kept < 300
+    assert by_lib.digest() == by_torch.digest()
 
 
 # ---------------------------------------------------------------------------- window and chunks
@@ -256,7 +264,7 @@ def test_batch_equals_single(model):
         for s_both, s_one in zip(both.scores, singles[b].scores):
             torch.testing.assert_close(s_both[b], s_one[0], rtol=1e-4, atol=1e-4)
         for lb, l1 in zip(both.past_key_values.compressed_layers, singles[b].past_key_values.compressed_layers):
-            assert _block(lb.sequences[b], 0).digest() == _block(l1.sequences[0], 0).digest()
+            assert lb.blocks(b)[0].digest() == l1.blocks(0)[0].digest()
 
 
 def test_left_padding(model):
@@ -292,6 +300,27 @@ def test_beam_search_and_sampling_copies(model):
     assert beams.shape == (1, 70) and samples.shape == (2, 70)
 
 
+def test_duplicated_elements_share_their_blocks(model):
+    ids = prompt(length=80, seed=13)
+    with nexusquant_evict(model, quality="lossless", window=2, chunk=4):
+        with torch.no_grad():
+            cache = model(ids).past_key_values
+            one = cache.memory_report()["compressed_bytes"]
+            cache.batch_repeat_interleave(3)
+            rep = cache.memory_report()
+            assert rep["compressed_bytes"] == one  # the copies share the prefill's blocks
+            assert rep["fp16_equivalent_bytes"] == 3 * 2 * 2 * 2 * 32 * 80 * 2
+            nxt = torch.tensor([[7], [8], [9]])
+            for _ in range(8):
+                out = model(nxt, past_key_values=cache)
+                nxt = out.logits[:, -1:].argmax(-1)
+    layer = cache.layers[0]
+    assert len({id(segs[0]) for segs in layer.segments}) == 1
+    assert len({id(segs[-1]) for segs in layer.segments}) == 3  # each appends to its own sequence
+    for b in range(3):
+        assert np.array_equal(layer.positions(b, 0), np.arange(88))
+
+
 # ---------------------------------------------------------------------------- reuse
 
 
@@ -302,13 +331,13 @@ def test_second_turn_appends_without_recompressing(model):
                                return_dict_in_generate=True)
         cache = first.past_key_values
         calls, blocks = cache.compress_calls, cache.layers[0].num_blocks()
-        prefill = [_block(l.sequences[0], 0).digest() for l in cache.compressed_layers]
+        prefill = [l.blocks(0)[0].digest() for l in cache.compressed_layers]
         turn2 = torch.cat([first.sequences, prompt(length=40, seed=9)], 1)
         second = model.generate(turn2, attention_mask=torch.ones_like(turn2), past_key_values=cache,
                                 max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
     assert second.past_key_values is cache
     assert second.sequences.shape[1] == turn2.shape[1] + 5
-    assert [_block(l.sequences[0], 0).digest() for l in cache.compressed_layers] == prefill
+    assert [l.blocks(0)[0].digest() for l in cache.compressed_layers] == prefill
     added = cache.layers[0].num_blocks() - blocks
     assert added >= 1  # the 40 new prompt tokens went through the window into an appended chunk
     assert cache.compress_calls - calls == 2 * added  # only the appended chunks, in both layers
