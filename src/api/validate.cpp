@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdlib>
+#include <new>
 #include <vector>
 
 #include "../backend.h"
@@ -93,17 +94,41 @@ nq_status validate_layout(const nq_layout &l, uint32_t heads, uint32_t tokens, u
             return fail(NQ_ERR_INVALID_ARGUMENT, "%s.%s_layout.page_table[%u] is %d: outside 0..num_pages-1 (%u)", which,
                         kv, i, p, l.num_pages - 1);
     }
-    // A page used twice would alias tokens. The bitmap is reused by this thread, so it
-    // is allocated once, not per call.
-    thread_local std::vector<uint8_t> seen;
-    if (seen.size() < l.num_pages) seen.resize(l.num_pages);
-    std::fill(seen.begin(), seen.begin() + l.num_pages, 0);
-    for (uint32_t i = 0; i < pages; ++i) {
-        if (seen[(uint32_t)l.page_table[i]])
-            return fail(NQ_ERR_INVALID_ARGUMENT, "%s.%s_layout.page_table[%u] repeats page %d", which, kv, i,
-                        l.page_table[i]);
-        seen[(uint32_t)l.page_table[i]] = 1;
+    // A page used twice would alias tokens. Up to kBitmapPages pages a bitmap reused by
+    // this thread (allocated once, all zero between calls) finds a repeat in one pass.
+    // num_pages is the caller's pool size and may be up to 2^32 - 1, so larger pools sort
+    // a copy of the entries instead: memory proportional to the tokens, not the pool.
+    constexpr uint32_t kBitmapPages = 1u << 20;
+    int64_t repeat = -1;
+    try {
+        if (l.num_pages <= kBitmapPages) {
+            thread_local std::vector<uint8_t> seen;
+            if (seen.size() < l.num_pages) seen.resize(l.num_pages);
+            uint32_t i = 0;
+            for (; i < pages && !seen[(uint32_t)l.page_table[i]]; ++i) seen[(uint32_t)l.page_table[i]] = 1;
+            if (i < pages) repeat = i;
+            for (uint32_t j = 0; j < i; ++j) seen[(uint32_t)l.page_table[j]] = 0;
+        } else {
+            thread_local std::vector<int32_t> sorted;
+            sorted.assign(l.page_table, l.page_table + pages);
+            std::sort(sorted.begin(), sorted.end());
+            auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+            if (dup != sorted.end()) {
+                bool once = false;
+                for (uint32_t i = 0; i < pages && repeat < 0; ++i)
+                    if (l.page_table[i] == *dup) {
+                        if (once) repeat = i;
+                        once = true;
+                    }
+            }
+        }
+    } catch (const std::bad_alloc &) {
+        return fail(NQ_ERR_OUT_OF_MEMORY, "%s.%s_layout: no memory to check %u page table entries for repeats", which,
+                    kv, pages);
     }
+    if (repeat >= 0)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "%s.%s_layout.page_table[%u] repeats page %d", which, kv,
+                    (uint32_t)repeat, l.page_table[repeat]);
     return NQ_OK;
 }
 
