@@ -19,7 +19,8 @@ __device__ __forceinline__ int64_t out_offset(const Layout &l, const int32_t *pa
     return (int64_t)h * l.stride_head + (int64_t)o * l.stride_token;
 }
 
-template <int E, int G> __global__ void __launch_bounds__(kThreads) decode_kernel(const NQ_GRID_CONSTANT DecodeLaunch L) {
+template <int E, int G>
+__global__ void __launch_bounds__(kThreads, E == 8 ? 8 : 2) decode_kernel(const NQ_GRID_CONSTANT DecodeLaunch L) {
     __shared__ float smem[kThreads * E];
     const DecodeParams &p = L.a.p;
     const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;

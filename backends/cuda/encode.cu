@@ -11,7 +11,7 @@ namespace gpu {
 namespace {
 
 template <int E, int G>
-__global__ void __launch_bounds__(kThreads) encode_kernel(const EncodeItem *items, uint32_t n_items,
+__global__ void __launch_bounds__(kThreads, E == 8 ? 8 : 2) encode_kernel(const EncodeItem *items, uint32_t n_items,
                                                           uint64_t total_rows, uint64_t total_pos) {
     __shared__ float smem[kThreads * E];
     const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -58,8 +58,14 @@ __global__ void __launch_bounds__(kThreads) encode_kernel(const EncodeItem *item
     const uint32_t signs = sign_bits<E>(d0);
     float *sm = smem + (threadIdx.x / G) * (G * E);
     const uint64_t ngroups = nthreads / G;
+    uint32_t ii = 0;
+    uint64_t item_lo = 1, item_hi = 0;  // rows of item ii (empty: not looked up yet)
     for (uint64_t row = tid / G; row < total_rows; row += ngroups) {
-        const uint32_t ii = find_item(items, n_items, row, [](const EncodeItem &x) { return x.row_begin; });
+        if (row < item_lo || row >= item_hi) {
+            ii = find_item(items, n_items, row, [](const EncodeItem &x) { return x.row_begin; });
+            item_lo = items[ii].row_begin;
+            item_hi = ii + 1 < n_items ? items[ii + 1].row_begin : total_rows;
+        }
         const EncodeItem &it = items[ii];
         const uint32_t D = it.D, K = it.K;
         uint32_t r = (uint32_t)(row - it.row_begin);  // 2 * H * K < 2^32 (checked on the host)

@@ -51,7 +51,7 @@ echo "memcheck: rc=$?, $((SECONDS - t0)) s"
 
 if [ "${NQ_NCU:-0}" = 1 ]; then
   t0=$SECONDS
-  timeout 200 ncu -k regex:'encode_kernel|decode_kernel' -c 2 --section SpeedOfLight --section Occupancy \
+  timeout 200 ncu -k regex:'decode_kernel' -c 1 --section SpeedOfLight --section Occupancy \
     --section WarpStateStats --section ComputeWorkloadAnalysis --section InstructionStats --section LaunchStats \
     $b/bench/gpu/bench_cuda --shape 1 --reps 1 > "$out/ncu.txt" 2>&1
   echo "ncu: rc=$?, $((SECONDS - t0)) s"
