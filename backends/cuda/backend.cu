@@ -185,10 +185,12 @@ inline size_t up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
 // Bytes of the workspace for one item: page tables, positions, kept tokens, and the
 // device selection's scores and output.
-size_t item_bytes(uint32_t H, const nq_kv_desc &kv) {
-    const size_t T = kv.num_tokens;
-    return up(pages_of(kv.k_layout, kv.num_tokens) * 4) + up(pages_of(kv.v_layout, kv.num_tokens) * 4) + up(T * 4) +
-           up((size_t)H * T * 4) /* kept */ + up((size_t)(H + 1) * T * 4) /* scores */;
+size_t item_bytes(const nq_context *ctx, const nq_kv_desc &kv) {
+    const size_t T = kv.num_tokens, H = ctx->cfg.num_kv_heads, Hq = ctx->cfg.num_q_heads;
+    size_t n = up(pages_of(kv.k_layout, kv.num_tokens) * 4) + up(pages_of(kv.v_layout, kv.num_tokens) * 4) + up(T * 4);
+    if (layer_params(ctx, kv.layer).evict_fraction > 0.0f)  // selection: kept tokens, scores, query scratch
+        n += up(H * T * 4) + up((H + 1) * T * 4) + 2 * up(Hq * T * 4);
+    return n;
 }
 
 // Host staging that mirrors the front of the workspace.
@@ -255,7 +257,7 @@ void gpu_context_release(nq_context *ctx) {
 
 size_t gpu_workspace_bound(const nq_context *ctx, const nq_kv_desc *items, size_t n) {
     size_t total = up(n * sizeof(EncodeItem)) + up(n * sizeof(SelectItem)) + kAlign;
-    for (size_t i = 0; i < n; ++i) total += item_bytes(ctx->cfg.num_kv_heads, items[i]);
+    for (size_t i = 0; i < n; ++i) total += item_bytes(ctx, items[i]);
     return total;
 }
 
@@ -305,7 +307,7 @@ nq_status gpu_compress(nq_context *ctx, const GpuItem *items, size_t n, void *wo
         if (jb.kept) a.has_kept = true, a.kept = sg.take((size_t)jb.kept_rows * jb.h->tokens_kept * 4);
     }
     const size_t staged = up(sg.used);
-    std::vector<size_t> norm_off(n, 0), dkept_off(n, 0);
+    std::vector<size_t> norm_off(n, 0), dkept_off(n, 0), query_off(n, 0);
     size_t dev_used = staged;
     for (size_t i = 0; i < n; ++i) {
         if (!items[i].sel_rows) continue;
@@ -314,6 +316,10 @@ nq_status gpu_compress(nq_context *ctx, const GpuItem *items, size_t n, void *wo
         dev_used = up(dev_used + (H + 1) * T * 4);
         dkept_off[i] = dev_used;
         dev_used = up(dev_used + (size_t)items[i].sel_rows * items[i].job.h->tokens_kept * 4);
+        if (items[i].scores.kind == NQ_SCORES_QUERIES) {
+            query_off[i] = dev_used;
+            dev_used = up(dev_used + (size_t)ctx->cfg.num_q_heads * T * 4 * 2);
+        }
     }
     if (dev_used > workspace_bytes)
         return fail(NQ_ERR_BUFFER_TOO_SMALL, "workspace is %zu bytes, this batch needs %zu (nq_workspace_size)",
@@ -406,7 +412,8 @@ nq_status gpu_compress(nq_context *ctx, const GpuItem *items, size_t n, void *wo
                 s.scores = sc.scores;
                 s.stride_head = sc.score_stride_head;
                 s.stride_token = sc.score_stride_token;
-            } else {
+            } else if (sc.kind == NQ_SCORES_KEY_NORM) {
+                s.key_norm = 1;
                 norm_rows += (uint64_t)H * T;
             }
             s.norm = reinterpret_cast<float *>(ws + norm_off[i]);
@@ -432,6 +439,48 @@ nq_status gpu_compress(nq_context *ctx, const GpuItem *items, size_t n, void *wo
 
     cudaError_t err = upload(ws, sg.host, staged, stream);
     if (err != cudaSuccess) return runtime_fail(err, "uploading the batch descriptors");
+    // Query scores, one launch pair per item that has them.
+    for (size_t i = 0; i < n; ++i) {
+        const GpuItem &gi = items[i];
+        if (!gi.sel_rows || gi.scores.kind != NQ_SCORES_QUERIES) continue;
+        const nq_score_desc &sc = gi.scores;
+        const nq_kv_desc &kv = *gi.job.kv;
+        const uint32_t T = kv.num_tokens, W = sc.num_queries, Hq = ctx->cfg.num_q_heads;
+        if (W > kMaxQueries)
+            return fail(NQ_ERR_UNSUPPORTED, "scores.num_queries is %u: the %s backend takes at most %u", W, kGpuName,
+                        kMaxQueries);
+        QueryLaunch *ql = static_cast<QueryLaunch *>(ctx->mem.alloc(sizeof(QueryLaunch), 64));
+        if (!ql) return fail(NQ_ERR_OUT_OF_MEMORY, "allocating query launch parameters failed");
+        std::memset(ql, 0, sizeof *ql);
+        QueryParams &q = ql->p;
+        q.q = sc.queries;
+        q.q_stride_head = sc.q_stride_head;
+        q.q_stride_token = sc.q_stride_token;
+        q.q_stride_dim = sc.q_stride_dim ? sc.q_stride_dim : 1;
+        q.k = kv.k;
+        q.kl = ei[i].kl;
+        q.logits = reinterpret_cast<float *>(ws + query_off[i]);
+        q.acc = q.logits + (size_t)Hq * T;
+        q.norm = reinterpret_cast<float *>(ws + norm_off[i]);
+        q.inv_sqrt_d = (float)(1.0 / std::sqrt((double)ctx->cfg.head_dim));
+        q.q_dtype = (uint32_t)sc.query_dtype;
+        q.k_dtype = (uint32_t)kv.dtype;
+        q.Hq = Hq;
+        q.H = ctx->cfg.num_kv_heads;
+        q.D = ctx->cfg.head_dim;
+        q.T = T;
+        q.W = W;
+        q.half_pool = (sc.pool_kernel ? sc.pool_kernel : 7) / 2;
+        const int64_t *pos = gi.job.positions;
+        for (uint32_t w = 0; w < W; ++w) {
+            const int64_t qpos = sc.query_positions ? sc.query_positions[w] : pos[T - W + w];
+            uint32_t vis = (uint32_t)(std::upper_bound(pos, pos + T, qpos) - pos);
+            ql->visible[w] = vis;
+        }
+        err = run_queries(device, *ql, stream);
+        ctx->mem.release(ql);
+        if (err != cudaSuccess) return runtime_fail(err, "launching query scores");
+    }
     if (!sel_host.empty()) {
         SelectLaunch sl{device, reinterpret_cast<const SelectItem *>(ws + sel_off), (uint32_t)sel_host.size(),
                         sel_rows_total, norm_rows, max_heads};

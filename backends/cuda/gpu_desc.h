@@ -88,6 +88,26 @@ struct SelectItem {
     uint32_t lo, hi, m;
     uint32_t rows;               // H (per head) or 1 (head-shared: scores summed over heads)
     uint32_t row_begin;          // first selection row of this item
+    uint32_t key_norm;           // 1: `norm` rows are computed from the keys' norms
+    uint32_t reserved;
+};
+
+// Observation-window query scores of one item (cpu_scores' NQ_SCORES_QUERIES, the same
+// operations in the same order): per query head, softmax of each query over the keys
+// it sees, summed over the queries, max-pooled, then summed over the query heads of a
+// KV head into norm[h][t].
+struct QueryParams {
+    const void *q;               // device queries
+    int64_t q_stride_head, q_stride_token, q_stride_dim;
+    const void *k;
+    Layout kl;
+    float *logits;               // [Hq][T] scratch (probabilities, then pooled sums)
+    float *acc;                  // [Hq][T] scratch
+    float *norm;                 // [H][T] output
+    float inv_sqrt_d;
+    uint32_t q_dtype, k_dtype;
+    uint32_t Hq, H, D, T, W;
+    uint32_t half_pool;
 };
 
 }  // namespace gpu

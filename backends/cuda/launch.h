@@ -79,5 +79,13 @@ struct SelectLaunch {
 };
 cudaError_t run_select(const SelectLaunch &a, const SelectItem *host_items, cudaStream_t stream);
 
+// Query scores of one item: the number of keys each query sees travels in the launch.
+constexpr uint32_t kMaxQueries = (uint32_t)((kParamPayload - sizeof(QueryParams)) / sizeof(uint32_t));
+struct QueryLaunch {
+    QueryParams p;
+    uint32_t visible[kMaxQueries];
+};
+cudaError_t run_queries(int device, const QueryLaunch &l, cudaStream_t stream);
+
 }  // namespace gpu
 }  // namespace nq

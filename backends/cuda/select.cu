@@ -2,6 +2,10 @@
 // row (a KV head, or all heads summed), keep the m best candidates of [lo, hi) by score,
 // higher first, ties to the earlier token, NaN last (-0 equals +0), listed in token
 // order after the sinks and before the recent window.
+#include <algorithm>
+#include <cmath>
+
+#include "../../src/core/nq_expf.h"
 #include "launch.h"
 #include "kernels.cuh"
 
@@ -22,8 +26,8 @@ __global__ void __launch_bounds__(kSelThreads) norm_kernel(const SelectItem *ite
          e += (uint64_t)gridDim.x * blockDim.x) {
         uint64_t rem = e;
         uint32_t i = 0;
-        while (i < n_items && rem >= (items[i].scores ? 0ull : (uint64_t)items[i].H * items[i].T)) {
-            rem -= items[i].scores ? 0ull : (uint64_t)items[i].H * items[i].T;
+        while (i < n_items && rem >= (items[i].key_norm ? (uint64_t)items[i].H * items[i].T : 0ull)) {
+            rem -= items[i].key_norm ? (uint64_t)items[i].H * items[i].T : 0ull;
             ++i;
         }
         if (i >= n_items) return;
@@ -146,7 +150,101 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const SelectItem *i
     }
 }
 
+// One block per query head: the queries one after another (their probabilities are
+// added to acc in query order), each in three passes over its visible keys.
+__global__ void __launch_bounds__(kSelThreads) query_kernel(const NQ_GRID_CONSTANT QueryLaunch L) {
+    __shared__ float q[kMaxHeadDim];
+    __shared__ float red[kSelThreads];
+    __shared__ float sh_m, sh_inv_z;
+    const QueryParams &p = L.p;
+    const uint32_t qh = blockIdx.x, tid = threadIdx.x;
+    const uint32_t h = qh / (p.Hq / p.H);
+    float *logit = p.logits + (uint64_t)qh * p.T;
+    float *acc = p.acc + (uint64_t)qh * p.T;
+    for (uint32_t t = tid; t < p.T; t += kSelThreads) acc[t] = 0.0f;
+    for (uint32_t i = 0; i < p.W; ++i) {
+        const uint32_t n = L.visible[i];
+        for (uint32_t d = tid; d < p.D; d += kSelThreads) {
+            const int64_t o = (int64_t)qh * p.q_stride_head + (int64_t)i * p.q_stride_token + (int64_t)d * p.q_stride_dim;
+            q[d] = p.q_dtype == kF32 ? static_cast<const float *>(p.q)[o]
+                                     : half_to_float(static_cast<const uint16_t *>(p.q)[o], p.q_dtype);
+        }
+        __syncthreads();
+        float m = -INFINITY;
+        for (uint32_t t = tid; t < n; t += kSelThreads) {
+            const int64_t off = layout_offset(p.kl, h, t), sd = p.kl.stride_dim;
+            float s = 0.0f;
+            for (uint32_t d = 0; d < p.D; ++d) {
+                const float x = p.k_dtype == kF32 ? static_cast<const float *>(p.k)[off + (int64_t)d * sd]
+                                                  : half_to_float(static_cast<const uint16_t *>(p.k)[off + (int64_t)d * sd],
+                                                                  p.k_dtype);
+                s += q[d] * x;
+            }
+            const float l = s * p.inv_sqrt_d;
+            logit[t] = l;
+            if (l > m) m = l;
+        }
+        red[tid] = m;
+        __syncthreads();
+        if (tid == 0) {
+            float mm = -INFINITY;
+            for (uint32_t j = 0; j < kSelThreads; ++j)
+                if (red[j] > mm) mm = red[j];
+            sh_m = mm;
+        }
+        __syncthreads();
+        const float mx = sh_m;
+        const bool skip = n == 0 || !(mx > -INFINITY && mx < INFINITY);
+        if (!skip) {
+            for (uint32_t t = tid; t < n; t += kSelThreads) logit[t] = nq_expf_nonpos(logit[t] - mx);
+            __syncthreads();
+            if (tid == 0) {  // the reference's sequential sum, in token order
+                float z = 0.0f;
+                for (uint32_t t = 0; t < n; ++t) z += logit[t];
+                sh_inv_z = 1.0f / z;
+            }
+            __syncthreads();
+            const float inv_z = sh_inv_z;
+            for (uint32_t t = tid; t < n; t += kSelThreads) acc[t] += logit[t] * inv_z;
+        }
+        __syncthreads();
+    }
+    // Max-pool over [t - half, t + half] into logit (no longer needed).
+    for (uint32_t t = tid; t < p.T; t += kSelThreads) {
+        const uint32_t a = t > p.half_pool ? t - p.half_pool : 0;
+        const uint32_t b = t + p.half_pool < p.T ? t + p.half_pool : p.T - 1;
+        float mx = acc[a];
+        for (uint32_t u = a + 1; u <= b; ++u) mx = acc[u] > mx ? acc[u] : mx;
+        logit[t] = mx;
+    }
+}
+
+// norm[h][t] = pooled sums of the query heads of KV head h, added in head order.
+__global__ void __launch_bounds__(kSelThreads) query_sum_kernel(const NQ_GRID_CONSTANT QueryLaunch L) {
+    const QueryParams &p = L.p;
+    const uint32_t group = p.Hq / p.H;
+    for (uint64_t e = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; e < (uint64_t)p.H * p.T;
+         e += (uint64_t)gridDim.x * blockDim.x) {
+        const uint32_t h = (uint32_t)(e / p.T), t = (uint32_t)(e % p.T);
+        float s = 0.0f;
+        for (uint32_t g = 0; g < group; ++g) s += p.logits[(uint64_t)(h * group + g) * p.T + t];
+        p.norm[e] = s;
+    }
+}
+
 }  // namespace
+
+cudaError_t run_queries(int device, const QueryLaunch &l, cudaStream_t stream) {
+    (void)device;
+    auto k = query_kernel;
+    NQ_LAUNCH(k, dim3(l.p.Hq), dim3(kSelThreads), stream, l);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    auto k2 = query_sum_kernel;
+    unsigned grid = (unsigned)std::min<uint64_t>(((uint64_t)l.p.H * l.p.T + kSelThreads - 1) / kSelThreads, 4096);
+    NQ_LAUNCH(k2, dim3(grid), dim3(kSelThreads), stream, l);
+    return cudaGetLastError();
+}
 
 cudaError_t run_select(const SelectLaunch &a, const SelectItem *host_items, cudaStream_t stream) {
     bool any_shared = false;

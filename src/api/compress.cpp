@@ -225,7 +225,15 @@ nq_status gpu_prepare(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_d
             if (K != plan.h.tokens_kept)
                 return fail(NQ_ERR_INTERNAL, "selection kept %u tokens, planned %u", K, plan.h.tokens_kept);
             kept = kept_w;
-        } else if (sc.kind == NQ_SCORES_GIVEN || sc.kind == NQ_SCORES_KEY_NORM) {
+        } else if (sc.kind == NQ_SCORES_QUERIES && sc.memory == NQ_MEMORY_HOST) {
+            return fail(NQ_ERR_UNSUPPORTED,
+                        "scores.queries in host memory with K/V in %s memory: pass the queries in device memory",
+                        kGpuName);
+        } else {
+            if (sc.kind == NQ_SCORES_QUERIES && !sc.query_positions && sc.num_queries > T)
+                return fail(NQ_ERR_INVALID_ARGUMENT,
+                            "scores.num_queries (%u) exceeds num_tokens (%u) and no query_positions given",
+                            sc.num_queries, T);
             if (ctx->cfg.evict_mode == NQ_EVICT_PAGED)
                 return fail(NQ_ERR_UNSUPPORTED,
                             "config.evict_mode PAGED with device-side scores: pass the scores in host memory");
@@ -238,9 +246,6 @@ nq_status gpu_prepare(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_d
             gi.sel_hi = T - window;
             gi.sel_m = plan.h.tokens_kept - sinks - window;
             gi.sel_rows = ctx->cfg.evict_mode == NQ_EVICT_PER_HEAD ? H : 1;
-        } else {
-            return fail(NQ_ERR_UNSUPPORTED,
-                        "scores.kind QUERIES is not supported by the %s backend: pass GIVEN scores or KEY_NORM", kGpuName);
         }
     }
     if (dst) {

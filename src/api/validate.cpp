@@ -187,8 +187,6 @@ nq_status validate_scores(const nq_context *ctx, const nq_kv_desc &kv, const nq_
     if (sc.memory != NQ_MEMORY_HOST && !(gpu_memory(sc.memory) && kv.memory == sc.memory))
         return fail(NQ_ERR_BACKEND_UNAVAILABLE, "scores.memory is %d: scores live in host memory or in the memory of K/V",
                     (int)sc.memory);
-    if (sc.memory != NQ_MEMORY_HOST && sc.kind == NQ_SCORES_QUERIES)
-        return fail(NQ_ERR_UNSUPPORTED, "scores.kind QUERIES in device memory is not supported");
     switch (sc.kind) {
     case NQ_SCORES_KEY_NORM: return NQ_OK;
     case NQ_SCORES_GIVEN: {

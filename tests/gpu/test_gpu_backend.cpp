@@ -266,6 +266,42 @@ TEST(GpuEquivalenceExtra, GivenScoresHostAndDevice) {
     }
 }
 
+// Eviction ranked by the attention of observation-window queries (GQA: two query heads
+// per KV head), queries in device memory for the GPU and host memory for the CPU.
+TEST(GpuEquivalenceExtra, QueryScores) {
+    NQT_REQUIRE_DEVICE();
+    const uint32_t H = kHeads, Hq = 2 * kHeads, W = 8, D = kDim;
+    std::mt19937 rng(21);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<uint16_t> q((size_t)Hq * W * D);
+    for (auto &x : q) x = nq::f32_to_f16(nd(rng) * 2.0f);
+    DevBuf dq(q.size() * 2);
+    NQT_CUDA(cudaMemcpy(dq.p, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
+    std::vector<int64_t> qpos = {9, 20, 33, 40, 41, 42, 1000, 43};
+    for (int variant = 0; variant < 3; ++variant) {
+        nq_config cfg = base_config(D, H, NQ_PRESET_BALANCED);
+        cfg.num_q_heads = Hq;
+        cfg.evict_mode = variant == 1 ? NQ_EVICT_HEAD_SHARED : NQ_EVICT_PER_HEAD;
+        nq_score_desc hs;
+        nq_score_desc_init(&hs);
+        hs.kind = NQ_SCORES_QUERIES;
+        hs.queries = q.data();
+        hs.query_dtype = NQ_DTYPE_F16;
+        hs.num_queries = W;
+        hs.q_stride_head = (int64_t)W * D;
+        hs.q_stride_token = D;
+        if (variant == 2) {
+            hs.query_positions = qpos.data();
+            hs.pool_kernel = 3;
+        }
+        nq_score_desc ds = hs;
+        ds.memory = NQ_MEMORY_CUDA;
+        ds.queries = dq.p;
+        run_case(cfg, NQ_DTYPE_BF16, Kind::Strided, kTokens, 31 + variant, "query scores variant " + std::to_string(variant),
+                 &hs, &ds);
+    }
+}
+
 // A ragged batch with caller buffers and workspace, several layers (per-layer bits).
 TEST(GpuBatch, RaggedItemsOneCall) {
     NQT_REQUIRE_DEVICE();
