@@ -20,7 +20,7 @@ __device__ __forceinline__ int64_t out_offset(const Layout &l, const int32_t *pa
 }
 
 template <int E, int G>
-__global__ void __launch_bounds__(kThreads, E == 8 ? 8 : 2) decode_kernel(const NQ_GRID_CONSTANT DecodeLaunch L) {
+__global__ void __launch_bounds__(kThreads) decode_kernel(const NQ_GRID_CONSTANT DecodeLaunch L) {
     __shared__ float smem[kThreads * E];
     const DecodeParams &p = L.a.p;
     const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kThreads, E == 8 ? 8 : 2) decode_kernel(const 
                 float q[8];
                 if (d < D) {
                     if (p.codec == kCodecE8)
-                        e8_decode_group_fast(codes + (d / 8) * (uint32_t)bits, bits, q);
+                        e8_decode_any(codes + (d / 8) * (uint32_t)bits, bits, q);
                     else
                         scalar_decode_group(codes + (d / 8) * (uint32_t)bits, bits, q);
 #pragma unroll

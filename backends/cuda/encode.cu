@@ -11,7 +11,7 @@ namespace gpu {
 namespace {
 
 template <int E, int G>
-__global__ void __launch_bounds__(kThreads, E == 8 ? 8 : 2) encode_kernel(const EncodeItem *items, uint32_t n_items,
+__global__ void __launch_bounds__(kThreads) encode_kernel(const EncodeItem *items, uint32_t n_items,
                                                           uint64_t total_rows, uint64_t total_pos) {
     __shared__ float smem[kThreads * E];
     const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(kThreads, E == 8 ? 8 : 2) encode_kernel(const 
             for (int i = 0; i < 8; ++i) tv[i] = x[8 * g + i] * inv;
             uint8_t *out = codes + (d / 8) * (uint32_t)bits;
             if (it.codec == kCodecE8)
-                e8_encode_group_reg(tv, bits, out);
+                e8_encode_any(tv, bits, out);
             else
                 scalar_encode_group(tv, bits, out);
         }

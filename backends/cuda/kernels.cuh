@@ -339,6 +339,75 @@ __device__ __forceinline__ float e8_coset_nearest_reg(const float (&t)[8], float
     return total;
 }
 
+template <int B> __device__ __forceinline__ void e8_encode_group_bits(const float (&t)[8], uint8_t *out) {
+    const float lo = -(float)(1 << (B - 1));
+    const float hi = (float)((1 << (B - 1)) - 1);
+    float k0[8], k1[8];
+    const float e0 = e8_coset_nearest_reg(t, 0.0f, lo, hi, k0);
+    const float e1 = e8_coset_nearest_reg(t, 0.5f, lo, hi, k1);
+    const bool c1 = e1 < e0;
+    const float half = (float)(1 << (B - 1));
+    if (B <= 4) {  // 8 * B <= 32 bits: one 32-bit word
+        uint32_t acc = c1 ? 1u : 0u;
+#pragma unroll
+        for (int i = 0; i < 7; ++i) acc |= small_int_bits(c1 ? k1[i] : k0[i], half) << (1 + i * B);
+        acc |= (small_int_bits(c1 ? k1[7] : k0[7], half) >> 1) << (1 + 7 * B);
+#pragma unroll
+        for (int b = 0; b < B; ++b) out[b] = (uint8_t)(acc >> (8 * b));
+    } else {
+        uint64_t acc = c1 ? 1u : 0u;
+#pragma unroll
+        for (int i = 0; i < 7; ++i) acc |= (uint64_t)small_int_bits(c1 ? k1[i] : k0[i], half) << (1 + i * B);
+        acc |= (uint64_t)(small_int_bits(c1 ? k1[7] : k0[7], half) >> 1) << (1 + 7 * B);
+#pragma unroll
+        for (int b = 0; b < B; ++b) out[b] = (uint8_t)(acc >> (8 * b));
+    }
+}
+
+template <int B> __device__ __forceinline__ void e8_decode_group_bits(const uint8_t *in, float (&q)[8]) {
+    uint64_t acc = 0;
+#pragma unroll
+    for (int b = 0; b < B; ++b) acc |= (uint64_t)in[b] << (8 * b);
+    const uint32_t mask = (1u << B) - 1u;
+    const float half = (float)(1 << (B - 1));
+    const float shift = (acc & 1u) ? 0.75f : 0.25f;
+    uint32_t par = 0;
+#pragma unroll
+    for (int i = 0; i < 7; ++i) {
+        const uint32_t u = (uint32_t)(acc >> (1 + i * B)) & mask;
+        par ^= u;
+        q[i] = (small_uint_float(u) - half) + shift;
+    }
+    const uint32_t u7 = (((uint32_t)(acc >> (1 + 7 * B)) & (mask >> 1)) << 1) | (par & 1u);
+    q[7] = (small_uint_float(u7) - half) + shift;
+}
+
+// Dispatch on the bit width so shifts and loops have constant bounds.
+__device__ __forceinline__ void e8_encode_any(const float (&t)[8], int bits, uint8_t *out) {
+    switch (bits) {
+    case 1: e8_encode_group_bits<1>(t, out); break;
+    case 2: e8_encode_group_bits<2>(t, out); break;
+    case 3: e8_encode_group_bits<3>(t, out); break;
+    case 4: e8_encode_group_bits<4>(t, out); break;
+    case 5: e8_encode_group_bits<5>(t, out); break;
+    case 6: e8_encode_group_bits<6>(t, out); break;
+    case 7: e8_encode_group_bits<7>(t, out); break;
+    default: e8_encode_group_bits<8>(t, out); break;
+    }
+}
+__device__ __forceinline__ void e8_decode_any(const uint8_t *in, int bits, float (&q)[8]) {
+    switch (bits) {
+    case 1: e8_decode_group_bits<1>(in, q); break;
+    case 2: e8_decode_group_bits<2>(in, q); break;
+    case 3: e8_decode_group_bits<3>(in, q); break;
+    case 4: e8_decode_group_bits<4>(in, q); break;
+    case 5: e8_decode_group_bits<5>(in, q); break;
+    case 6: e8_decode_group_bits<6>(in, q); break;
+    case 7: e8_decode_group_bits<7>(in, q); break;
+    default: e8_decode_group_bits<8>(in, q); break;
+    }
+}
+
 __device__ __forceinline__ void e8_encode_group_reg(const float (&t)[8], int bits, uint8_t *out) {
     const float lo = -(float)(1 << (bits - 1));
     const float hi = (float)((1 << (bits - 1)) - 1);
