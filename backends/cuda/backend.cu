@@ -1,6 +1,7 @@
 // Host side of the GPU backend: turns planned blocks into kernel descriptors, moves
 // them to the device through kernel parameters (ordered on the caller's stream, never
 // synchronising it), keeps the per-context RoPE tables, and launches the kernels.
+#include "gpu_runtime.h"  // first: the runtime defines __host__/__device__ for the shared headers
 #include <algorithm>
 #include <cmath>
 #include <cstring>

@@ -1,6 +1,7 @@
 // The decode kernel: codes -> E8 points -> scale -> inverse Hadamard -> RoPE at the
 // stored positions -> the destination dtype, written once into a strided or paged
 // destination. Fp16 rows of the block are converted and copied.
+#include "gpu_runtime.h"  // first: the runtime defines __host__/__device__ for the shared headers
 #include "../../src/core/format.h"
 #include "launch.h"
 #include "kernels.cuh"

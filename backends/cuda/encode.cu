@@ -1,6 +1,7 @@
 // The compress kernel: one launch writes every block of a batch (header, padding,
 // positions, scales, codes, fp16 rows). K and V are read once, each block byte is
 // written once. See kernels.cuh for how a head vector is spread over a lane group.
+#include "gpu_runtime.h"  // first: the runtime defines __host__/__device__ for the shared headers
 #include "../../src/core/format.h"
 #include "launch.h"
 #include "kernels.cuh"

@@ -2,6 +2,7 @@
 // row (a KV head, or all heads summed), keep the m best candidates of [lo, hi) by score,
 // higher first, ties to the earlier token, NaN last (-0 equals +0), listed in token
 // order after the sinks and before the recent window.
+#include "gpu_runtime.h"  // first: the runtime defines __host__/__device__ for the shared headers
 #include <algorithm>
 #include <cmath>
 

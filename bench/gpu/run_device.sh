@@ -36,6 +36,17 @@ for f in encode decode select backend; do
   cuobjdump -res-usage $b/CMakeFiles/nq_cuda_objects.dir/backends/cuda/$f.cu.o 2>/dev/null
 done | grep -E "Function|REG" > "$out/resource-usage.txt"
 
+# Opcode histogram of the head_dim 128 kernels (static counts of the disassembly).
+if [ "${NQ_SASS:-0}" = 1 ]; then
+  for f in encode decode; do
+    cuobjdump -sass $b/CMakeFiles/nq_cuda_objects.dir/backends/cuda/$f.cu.o |
+      awk -v k="${f}_kernelILi8ELi16E" '/Function : /{on = index($0, k) > 0} on' > "$out/$f-8-16.sass"
+    echo "== $f<8,16>: $(grep -cE '^ +/\*[0-9a-f]{4}\*/' "$out/$f-8-16.sass") instructions"
+    grep -oE '^ +/\*[0-9a-f]{4}\*/ +(@!?U?P[0-9T] +)?[A-Z][A-Z0-9_]+' "$out/$f-8-16.sass" | awk '{print $NF}' |
+      sort | uniq -c | sort -rn | head -24 | tr '\n' ' '
+    echo
+  done > "$out/sass-histogram.txt"
+fi
 t0=$SECONDS
 timeout 300 $b/tests/gpu/nq_gpu_tests > "$out/tests.log" 2>&1
 tests_rc=$?
@@ -68,5 +79,6 @@ if [ -f "$out/ncu.txt" ]; then
   echo "==== ncu"
   grep -E "^  [a-z_]+.*\(|encode_kernel|decode_kernel|Throughput|Achieved Occupancy|Issue Slots Busy|Executed Ipc A|Warp Cycles Per Issued|No Eligible|Registers Per|Theoretical Occ|Block Limit Reg" "$out/ncu.txt" | grep -v "^    ---" | head -40
 fi
+[ -f "$out/sass-histogram.txt" ] && { echo "==== sass"; cat "$out/sass-histogram.txt"; }
 echo "==== bench"
 tail -12 "$out/bench.log"
