@@ -118,14 +118,21 @@ def read_config(reader) -> LlamaConfig:
     )
 
 
-def load_gguf(path, rope_pairing: str = "split_half") -> LlamaWeights:
-    """Load weights as float32. ``rope_pairing="interleaved"`` keeps the GGUF's
-    permuted q/k rows (only useful to verify the two layouts agree)."""
+def open_gguf(path):
     from gguf import GGUFReader
 
+    return GGUFReader(str(Path(path)))
+
+
+def load_gguf(path_or_reader, rope_pairing: str = "split_half") -> LlamaWeights:
+    """Load weights as float32 from a path or an open ``GGUFReader``.
+    ``rope_pairing="interleaved"`` keeps the GGUF's permuted q/k rows (only
+    useful to verify that the two layouts agree)."""
     if rope_pairing not in ("split_half", "interleaved"):
         raise ValueError(rope_pairing)
-    reader = GGUFReader(str(Path(path)))
+    reader = path_or_reader
+    if not hasattr(reader, "tensors"):
+        reader = open_gguf(path_or_reader)
     cfg = read_config(reader)
     cfg.rope_pairing = rope_pairing
     tensors = {t.name: t for t in reader.tensors}

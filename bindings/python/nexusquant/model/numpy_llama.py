@@ -49,18 +49,34 @@ def _softmax_inplace(s: np.ndarray) -> np.ndarray:
     return s
 
 
+class _Layer:
+    """One layer's weights as contiguous [in, out] matrices, q/k/v and
+    gate/up fused: ``x @ W`` with a C-contiguous W is what BLAS runs fastest,
+    and a transposed view costs ~30x on the single-row matmuls of decoding."""
+
+    def __init__(self, lw):
+        self.attn_norm, self.ffn_norm = lw.attn_norm, lw.ffn_norm
+        self.wqkv = np.ascontiguousarray(np.concatenate([lw.wq, lw.wk, lw.wv]).T)
+        self.wo = np.ascontiguousarray(lw.wo.T)
+        self.wgu = np.ascontiguousarray(np.concatenate([lw.w_gate, lw.w_up]).T)
+        self.wd = np.ascontiguousarray(lw.w_down.T)
+
+
 class NumpyLlama:
     def __init__(self, weights: LlamaWeights, chunk: int = 256):
-        self.w = weights
         self.cfg = weights.config
+        self.metadata = weights.metadata
         self.chunk = chunk
+        self.tok_embd = weights.tok_embd
+        self.out_norm = weights.out_norm
+        self.lm_head = np.ascontiguousarray(weights.lm_head.T)   # [hidden, vocab]
+        self.layers = [_Layer(lw) for lw in weights.layers]
         d = self.cfg.head_dim
         # float64 angles then float32 cos/sin: positions up to thousands times
         # base frequency 1 lose digits in float32.
         self.inv_freq = self.cfg.rope_theta ** (-np.arange(0, d, 2, dtype=np.float64) / d)
         self.scale = np.float32(1.0 / np.sqrt(d))
         self.group = self.cfg.n_heads // self.cfg.n_kv_heads
-        self._lm_head_t = None
 
     # -- RoPE ----------------------------------------------------------------
     def rope_cos_sin(self, positions: np.ndarray):
@@ -88,17 +104,18 @@ class NumpyLlama:
     # -- shared pieces ---------------------------------------------------------
     def _qkv(self, lw, x, positions):
         c = self.cfg
-        T = x.shape[0]
-        h = rms_norm(x, lw.attn_norm, c.rms_eps)
-        q = (h @ lw.wq.T).reshape(T, c.n_heads, c.head_dim).transpose(1, 0, 2)
-        k = (h @ lw.wk.T).reshape(T, c.n_kv_heads, c.head_dim).transpose(1, 0, 2)
-        v = (h @ lw.wv.T).reshape(T, c.n_kv_heads, c.head_dim).transpose(1, 0, 2)
+        T, d = x.shape[0], c.head_dim
+        qkv = rms_norm(x, lw.attn_norm, c.rms_eps) @ lw.wqkv
+        nq, nk = c.n_heads * d, c.n_kv_heads * d
+        q = qkv[:, :nq].reshape(T, c.n_heads, d).transpose(1, 0, 2)
+        k = qkv[:, nq:nq + nk].reshape(T, c.n_kv_heads, d).transpose(1, 0, 2)
+        v = qkv[:, nq + nk:].reshape(T, c.n_kv_heads, d).transpose(1, 0, 2)
         return self.apply_rope(q, positions), self.apply_rope(k, positions), np.ascontiguousarray(v)
 
     def _mlp(self, lw, x):
-        h = rms_norm(x, lw.ffn_norm, self.cfg.rms_eps)
-        g = h @ lw.w_gate.T
-        u = h @ lw.w_up.T
+        gu = rms_norm(x, lw.ffn_norm, self.cfg.rms_eps) @ lw.wgu
+        F = gu.shape[1] // 2
+        g, u = gu[:, :F], gu[:, F:]
         # silu(g) * u in place: these [T, ffn] temporaries are the largest
         # activations in the model
         t = np.negative(g)
@@ -107,15 +124,13 @@ class NumpyLlama:
         t += 1.0
         g /= t
         g *= u
-        return g @ lw.w_down.T
+        return g @ lw.wd
 
     def _logits(self, x):
-        if self._lm_head_t is None:
-            self._lm_head_t = np.ascontiguousarray(self.w.lm_head.T)
-        return rms_norm(x, self.w.out_norm, self.cfg.rms_eps) @ self._lm_head_t
+        return rms_norm(x, self.out_norm, self.cfg.rms_eps) @ self.lm_head
 
     def _embed(self, tokens):
-        return self.w.tok_embd[np.asarray(tokens, dtype=np.int64)].astype(np.float32)
+        return self.tok_embd[np.asarray(tokens, dtype=np.int64)].astype(np.float32)
 
     # -- prefill ---------------------------------------------------------------
     def _causal_attention(self, q, k, v):
@@ -127,12 +142,12 @@ class NumpyLlama:
         # times slower than BLAS on these shapes. The g query heads sharing a
         # KV head are stacked into one [g*c, d] operand.
         for h in range(Hkv):
-            kt = np.ascontiguousarray(k[h].T) * self.scale          # [d, T]
-            qh = q[h * g:(h + 1) * g]
+            kh = k[h]
+            qh = q[h * g:(h + 1) * g] * self.scale
             for s in range(0, T, self.chunk):
                 e = min(T, s + self.chunk)
                 c = e - s
-                sc = (qh[:, s:e].reshape(g * c, d) @ kt[:, :e]).reshape(g, c, e)
+                sc = (qh[:, s:e].reshape(g * c, d) @ kh[:e].T).reshape(g, c, e)
                 # the causal mask only touches the diagonal block
                 sc[:, :, s:e][:, np.triu(np.ones((c, c), dtype=bool), 1)] = -np.inf
                 p = _softmax_inplace(sc).reshape(g * c, e)
@@ -146,13 +161,13 @@ class NumpyLlama:
         pos = np.arange(T, dtype=np.int64)
         x = self._embed(tokens)
         keys, values, queries = [], [], ([] if obs_window else None)
-        for lw in self.w.layers:
+        for lw in self.layers:
             q, k, v = self._qkv(lw, x, pos)
             keys.append(k)
             values.append(v)
             if obs_window:
                 queries.append(np.ascontiguousarray(q[:, -obs_window:]))
-            x = x + self._causal_attention(q, k, v) @ lw.wo.T
+            x = x + self._causal_attention(q, k, v) @ lw.wo
             x = x + self._mlp(lw, x)
         if logits == "all":
             out = self._logits(x)
@@ -173,7 +188,7 @@ class NumpyLlama:
         x = self._embed(tokens)
         new_mask = np.triu(np.ones((M, M), dtype=bool), 1)
         nk, nv, npos = [], [], []
-        for l, lw in enumerate(self.w.layers):
+        for l, lw in enumerate(self.layers):
             q, k, v = self._qkv(lw, x, pos)
             att = np.empty((M, c.n_heads, c.head_dim), dtype=np.float32)
             lk, lv, lp = [], [], []
@@ -184,8 +199,8 @@ class NumpyLlama:
                 vv = np.concatenate([np.asarray(cv, np.float32), v[h]])
                 n = len(ck)
                 g = self.group
-                qh = q[h * g:(h + 1) * g].reshape(g * M, c.head_dim)
-                sc = (qh @ (kk.T * self.scale)).reshape(g, M, n + M)
+                qh = q[h * g:(h + 1) * g].reshape(g * M, c.head_dim) * self.scale
+                sc = (qh @ kk.T).reshape(g, M, n + M)
                 sc[:, :, n:][:, new_mask] = -np.inf
                 p = _softmax_inplace(sc).reshape(g * M, n + M)
                 att[:, h * g:(h + 1) * g] = (p @ vv).reshape(g, M, c.head_dim).transpose(1, 0, 2)
@@ -195,7 +210,7 @@ class NumpyLlama:
             nk.append(_maybe_stack(lk))
             nv.append(_maybe_stack(lv))
             npos.append(_maybe_stack(lp))
-            x = x + att.reshape(M, -1) @ lw.wo.T
+            x = x + att.reshape(M, -1) @ lw.wo
             x = x + self._mlp(lw, x)
         out = self._logits(x) if logits else None
         return ExtendResult(out, KVCache(nk, nv, npos, cache.next_pos + M))

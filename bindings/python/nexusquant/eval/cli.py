@@ -1,0 +1,103 @@
+"""nq-eval: compare KV-cache compression schemes on SmolLM2-135M-Instruct.
+
+    nq-eval --context 1024 --score 128 --samples 2 --schemes fp16,fp8,kivi2,q4_0
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_SCHEMES = "fp16,fp8,kivi2,kivi4,q8_0,q4_0,q4_0h"
+DEFAULT_TEXTS = ("wikitext-2-raw-test.txt", "tinyshakespeare.txt")
+
+
+def _repo_root() -> Path:
+    # bindings/python/nexusquant/eval/cli.py -> repository root
+    return Path(__file__).resolve().parents[4]
+
+
+def default_texts():
+    """The shared evaluation texts beside the repository, when present."""
+    for base in (_repo_root() / ".." / "shared" / "data", Path.cwd() / ".." / "shared" / "data"):
+        found = [base / n for n in DEFAULT_TEXTS if (base / n).is_file()]
+        if found:
+            return [p.resolve() for p in found]
+    return []
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="nq-eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--text", action="append", type=Path,
+                    help="text file (repeatable); default: the shared wikitext-2 and tinyshakespeare")
+    ap.add_argument("--context", type=int, default=1024, help="prefill tokens N (compressed)")
+    ap.add_argument("--score", type=int, default=128, help="scored tokens M after the context")
+    ap.add_argument("--samples", type=int, default=2, help="windows per text")
+    ap.add_argument("--schemes", default=DEFAULT_SCHEMES, help="comma-separated scheme names")
+    ap.add_argument("--model", type=Path, help="GGUF path (default: fetch SmolLM2-135M-Instruct)")
+    ap.add_argument("--obs-window", type=int, default=32, help="last queries given to eviction schemes")
+    ap.add_argument("--no-needle", action="store_true", help="skip the needle retrieval test")
+    ap.add_argument("--needle-context", type=int, default=512, help="needle haystack tokens")
+    ap.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    ap.add_argument("--list-schemes", action="store_true")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    return ap.parse_args(argv)
+
+
+def format_table(rows) -> str:
+    cols = [("text", "{}"), ("scheme", "{}"), ("bits_per_element", "{:.3f}"), ("ratio", "{:.2f}"),
+            ("ppl", "{:.3f}"), ("ppl_delta_pct", "{:+.3f}"), ("kl", "{:.5f}"), ("top1", "{:.3f}"),
+            ("needle", "{:.2f}")]
+    head = ["text", "scheme", "bits/elem", "ratio", "ppl", "dppl%", "KL", "top1", "needle"]
+    body = []
+    for r in rows:
+        if "error" in r:
+            body.append([r["text"], r["scheme"], "error: " + r["error"]] + [""] * 6)
+            continue
+        body.append([("-" if r.get(k) is None else f.format(r[k])) for k, f in cols])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    refs = sorted({(r["text"], r["ppl_ref"]) for r in rows})
+    lines += [f"reference (uncompressed) ppl on {t}: {p:.3f}" for t, p in refs]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from .schemes import get_scheme, list_schemes
+
+    if args.list_schemes:
+        for name in list_schemes():
+            print(name)
+        return 0
+    schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
+    for s in schemes:
+        get_scheme(s)  # unknown names fail before the model loads
+    texts = args.text or default_texts()
+    if not texts:
+        print("nq-eval: no --text given and the default texts are not present", file=sys.stderr)
+        return 2
+
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    from ..model import load
+    from ..model.fetch import fetch_model
+    from .harness import EvalConfig, evaluate
+
+    t0 = time.perf_counter()
+    path = args.model or fetch_model()
+    model, tok = load(path)
+    log(f"model {Path(path).name} loaded in {time.perf_counter() - t0:.1f}s")
+    cfg = EvalConfig(texts=texts, schemes=schemes, context=args.context, score=args.score,
+                     samples=args.samples, obs_window=args.obs_window, needle=not args.no_needle,
+                     needle_context=args.needle_context, model_path=path)
+    rows = evaluate(model, tok, cfg, log)
+    log(f"done in {time.perf_counter() - t0:.1f}s")
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

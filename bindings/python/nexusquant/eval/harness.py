@@ -1,0 +1,147 @@
+"""Quality of compressed KV caches on a real model, by teacher forcing.
+
+For each sample a window of N + M + 1 tokens is taken from the text. The first
+N are prefilled once; every scheme then compresses that cache and the next M
+tokens are fed against the compressed cache (each new token also sees the
+uncompressed new tokens before it). Their M logits predict tokens N+1..N+M
+and are compared with the logits from the unmodified float32 cache (the
+reference, "fp16" in the report: the model's native cache).
+
+Because the first prediction is made by a fed token rather than by the last
+prefill position, all M scored predictions read the compressed cache.
+"""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import metrics, needle
+from .schemes import SchemeContext, get_scheme
+
+
+@dataclass
+class EvalConfig:
+    texts: Sequence[Path]
+    schemes: Sequence[str]
+    context: int = 1024
+    score: int = 128
+    samples: int = 2
+    obs_window: int = 32          # last queries handed to eviction schemes
+    needle: bool = True
+    needle_context: int = 512
+    needle_depths: Sequence[float] = (0.1, 0.5, 0.9)
+    model_path: Optional[Path] = None
+
+
+def sample_offsets(n_tokens: int, window: int, samples: int) -> List[int]:
+    """Deterministic starts spread evenly through the token stream."""
+    span = n_tokens - window
+    if span < 0:
+        raise ValueError(f"text has {n_tokens} tokens, a window needs {window}")
+    return [int((i + 0.5) * span / samples) for i in range(samples)]
+
+
+class Evaluator:
+    def __init__(self, model, tok, log: Callable[[str], None] = lambda s: None):
+        self.model, self.tok, self.log = model, tok, log
+
+    def _ctx(self, queries) -> SchemeContext:
+        return SchemeContext(config=self.model.cfg, rope=self.model.apply_rope, queries=queries)
+
+    def _apply(self, scheme, cache, queries):
+        t = time.perf_counter()
+        res = scheme.apply(cache, self._ctx(queries))
+        return res, time.perf_counter() - t
+
+    def text_rows(self, path: Path, cfg: EvalConfig) -> Dict[str, dict]:
+        ids = np.asarray(self.tok.encode(Path(path).read_text(encoding="utf-8"),
+                                         allow_special=False), dtype=np.int64)
+        N, M = cfg.context, cfg.score
+        acc = {name: {"nll_sum": 0.0, "kl_sum": 0.0, "top1_sum": 0, "n": 0, "bytes": 0,
+                      "fp16_bytes": 0, "elements": 0, "apply_s": 0.0} for name in cfg.schemes}
+        errors: Dict[str, str] = {}
+        ref_nll, n_ref = 0.0, 0
+        for si, off in enumerate(sample_offsets(len(ids), N + M + 1, cfg.samples)):
+            win = ids[off:off + N + M + 1]
+            t = time.perf_counter()
+            pre = self.model.prefill(win[:N], logits="none", obs_window=cfg.obs_window)
+            fed, targets = win[N:N + M], win[N + 1:N + M + 1]
+            ref = self.model.extend(pre.cache, fed).logits
+            self.log(f"  {Path(path).name} sample {si + 1}/{cfg.samples} @token {off}: "
+                     f"prefill {N} + score {M} in {time.perf_counter() - t:.1f}s")
+            rs = metrics.token_stats(ref, ref, targets)
+            ref_nll, n_ref = ref_nll + rs["nll_sum"], n_ref + rs["n"]
+            for name in cfg.schemes:
+                if name in errors:
+                    continue
+                try:
+                    res, dt = self._apply(get_scheme(name), pre.cache, pre.queries)
+                except Exception as e:  # report and carry on with other schemes
+                    errors[name] = f"{type(e).__name__}: {e}"
+                    self.log(f"  {name}: {errors[name]}")
+                    continue
+                st = metrics.token_stats(ref, self.model.extend(res.cache, fed).logits, targets)
+                a = acc[name]
+                for k in ("nll_sum", "kl_sum", "top1_sum", "n"):
+                    a[k] += st[k]
+                a["bytes"] += res.nbytes
+                a["fp16_bytes"] += pre.cache.fp16_bytes()
+                a["elements"] += pre.cache.n_elements()
+                a["apply_s"] += dt
+        ppl_ref = float(np.exp(ref_nll / n_ref))
+        rows = {}
+        for name in cfg.schemes:
+            row = {"scheme": name, "text": Path(path).name, "context": N, "score": M,
+                   "samples": cfg.samples, "ppl_ref": ppl_ref}
+            if name in errors:
+                row["error"] = errors[name]
+            else:
+                a = acc[name]
+                ppl = float(np.exp(a["nll_sum"] / a["n"]))
+                row.update({
+                    "bits_per_element": 8.0 * a["bytes"] / a["elements"],
+                    "ratio": a["fp16_bytes"] / a["bytes"],
+                    "bytes": a["bytes"] // cfg.samples,
+                    "fp16_bytes": a["fp16_bytes"] // cfg.samples,
+                    "ppl": ppl,
+                    "ppl_delta_pct": 100.0 * (ppl / ppl_ref - 1.0),
+                    "kl": a["kl_sum"] / a["n"],
+                    "top1": a["top1_sum"] / a["n"],
+                    "apply_s": a["apply_s"] / cfg.samples,
+                })
+            rows[name] = row
+        return rows
+
+    def needle_scores(self, filler_text: str, cfg: EvalConfig) -> Dict[str, Optional[float]]:
+        cases = needle.build_cases(self.tok, filler_text, cfg.needle_context, cfg.needle_depths)
+        ref_hits, hits = [], {n: [] for n in cfg.schemes}
+        for case in cases:
+            cache, queries = needle.prepare(self.model, case, cfg.obs_window)
+            ref_hits.append(needle.retrieve(self.model, cache, case, self.tok))
+            for name in cfg.schemes:
+                try:
+                    res, _ = self._apply(get_scheme(name), cache, queries)
+                    hits[name].append(needle.retrieve(self.model, res.cache, case, self.tok))
+                except Exception:
+                    hits[name].append(False)   # the text rows carry the error
+        self.log(f"  needle: reference retrieves {sum(ref_hits)}/{len(ref_hits)} depths")
+        return {n: needle.score(h, ref_hits) for n, h in hits.items()}
+
+
+def evaluate(model, tok, cfg: EvalConfig, log: Callable[[str], None] = lambda s: None) -> List[dict]:
+    ev = Evaluator(model, tok, log)
+    needles: Dict[str, Optional[float]] = {}
+    if cfg.needle and cfg.texts:
+        text = Path(cfg.texts[0]).read_text(encoding="utf-8")
+        # filler from the middle of the first text: away from file headers
+        mid = len(text) // 2
+        needles = ev.needle_scores(text[mid:mid + 8 * cfg.needle_context], cfg)
+    rows = []
+    for path in cfg.texts:
+        for name, row in ev.text_rows(path, cfg).items():
+            row["needle"] = needles.get(name)
+            rows.append(row)
+    return rows
