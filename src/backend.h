@@ -51,8 +51,9 @@ nq_status select_tokens(const nq_context *ctx, const nq_kv_desc &kv, const Layer
                         const int64_t *positions, uint32_t *kept, uint32_t *num_kept, uint32_t *rows, Workspace &ws);
 
 // Tokens kept per head for T input tokens (what select_tokens will keep, upper bound
-// for the paged mode).
-uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, const int64_t *positions);
+// for the paged mode). sinks: the leading tokens whose positions are below
+// lp.sink_tokens.
+uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, uint32_t sinks);
 
 
 #if defined(NQ_HAVE_GPU)

@@ -29,14 +29,23 @@ nq_status check_backend(const nq_context *ctx, nq_memory memory, const char *whi
     return NQ_OK;
 }
 
-uint32_t count_below(const int64_t *positions, uint32_t T, uint32_t limit) {
+// Positions 0, 1, 2, ... without materialising them (nq_estimate_bytes plans up to
+// 2^32 - 1 tokens).
+struct Iota {
+    int64_t operator[](uint32_t i) const { return (int64_t)i; }
+};
+
+template <class Positions> uint32_t count_below(const Positions &positions, uint32_t T, uint32_t limit) {
     uint32_t n = 0;
     while (n < T && positions[n] < (int64_t)limit) ++n;
     return n;
 }
 
 // The header a compression of kv will produce (tokens_kept from the planned budget).
-Plan make_plan(const nq_context *ctx, const nq_kv_desc &kv, const int64_t *positions, bool first_chunk = true) {
+// Reads positions[0], positions[T - 1] and the leading positions below the sink
+// limits only.
+template <class Positions>
+Plan make_plan(const nq_context *ctx, const nq_kv_desc &kv, const Positions &positions, bool first_chunk = true) {
     Plan p;
     p.lp = layer_params(ctx, kv.layer);
     if (!first_chunk) {  // later chunks of a sequence: quantised only, no fp16 window
@@ -70,7 +79,7 @@ Plan make_plan(const nq_context *ctx, const nq_kv_desc &kv, const int64_t *posit
     h.attention_factor = c.rope.attention_factor;
     h.rope_seq_len = kv.rope_seq_len ? kv.rope_seq_len : (uint32_t)(positions[T - 1] + 1);
 
-    const uint32_t K = planned_kept(ctx, kv, p.lp, positions);
+    const uint32_t K = planned_kept(ctx, kv, p.lp, count_below(positions, T, p.lp.sink_tokens));
     p.evicting = K < T;
     h.tokens_kept = K;
     if (!p.evicting) {
@@ -462,9 +471,6 @@ extern "C" NQ_API nq_status nq_estimate_bytes(const nq_context *ctx, uint32_t la
     if (!bytes) return fail(NQ_ERR_INVALID_ARGUMENT, "bytes is NULL");
     if (tokens == 0 || tokens > 0xffffffffull)
         return fail(NQ_ERR_INVALID_ARGUMENT, "tokens is %llu: must be in 1..2^32-1", (unsigned long long)tokens);
-    // A planning call, not a hot path: positions 0..T-1 materialised once.
-    std::vector<int64_t> pos((size_t)tokens);
-    for (uint64_t i = 0; i < tokens; ++i) pos[i] = (int64_t)i;
     uint64_t total = 0;
     for (uint32_t l = 0; l < layers; ++l) {
         nq_kv_desc kv;
@@ -473,7 +479,7 @@ extern "C" NQ_API nq_status nq_estimate_bytes(const nq_context *ctx, uint32_t la
         kv.num_tokens = (uint32_t)tokens;
         nq_layout_contiguous(&kv.k_layout, kv.num_tokens, ctx->cfg.head_dim);
         kv.v_layout = kv.k_layout;
-        total += make_plan(ctx, kv, pos.data()).g.total;
+        total += make_plan(ctx, kv, Iota()).g.total;
     }
     *bytes = total;
     return NQ_OK;

@@ -16,9 +16,9 @@ struct Budget {
     bool evicting;
 };
 
-Budget budget(const LayerParams &lp, uint32_t T, const int64_t *positions) {
+Budget budget(const LayerParams &lp, uint32_t T, uint32_t sinks) {
     Budget b{};
-    while (b.sinks < T && positions[b.sinks] < (int64_t)lp.sink_tokens) ++b.sinks;
+    b.sinks = sinks;
     b.window = std::min<uint32_t>(lp.recent_window, T - b.sinks);
     uint32_t evict = (uint32_t)std::floor((double)lp.evict_fraction * T);
     uint32_t keep = T - std::min(evict, T);
@@ -63,9 +63,9 @@ void top_m(uint32_t *idx, uint32_t n, uint32_t m, const float *score) {
 
 }  // namespace
 
-uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, const int64_t *positions) {
+uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, uint32_t sinks) {
     const uint32_t T = kv.num_tokens;
-    Budget b = budget(lp, T, positions);
+    Budget b = budget(lp, T, sinks);
     if (!b.evicting || ctx->cfg.evict_mode != NQ_EVICT_PAGED) return b.keep;
     const uint32_t P = page_size_of(ctx, kv);
     uint32_t hp, tf;
@@ -80,7 +80,9 @@ uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const LayerPa
 nq_status select_tokens(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, const float *scores,
                         const int64_t *positions, uint32_t *kept, uint32_t *num_kept, uint32_t *rows, Workspace &ws) {
     const uint32_t T = kv.num_tokens, H = ctx->cfg.num_kv_heads;
-    Budget b = budget(lp, T, positions);
+    uint32_t sinks = 0;
+    while (sinks < T && positions[sinks] < (int64_t)lp.sink_tokens) ++sinks;
+    Budget b = budget(lp, T, sinks);
     uint32_t *idx = ws.take<uint32_t>(T);
     float *sum = ws.take<float>(T);
     if (!idx || !sum) return fail(NQ_ERR_BUFFER_TOO_SMALL, "workspace too small for token selection");
