@@ -3,6 +3,7 @@
 // pure function of the scores.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "../backend.h"
 
@@ -16,11 +17,24 @@ struct Budget {
     bool evicting;
 };
 
+// floor(f * T) for f in [0, 1) in integer arithmetic: exact (a double product rounds
+// for T above 2^29) and independent of the caller's rounding mode.
+uint32_t floor_fraction(float f, uint32_t T) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u >> 31) || u == 0) return 0;
+    const uint32_t e = (u >> 23) & 0xffu;
+    if (e >= 127) return T;  // f >= 1 (or nan): validation keeps it out
+    const uint64_t m = (u & 0x7fffffu) | (e ? 0x800000u : 0u);
+    const uint32_t shift = 150u - (e ? e : 1u);  // f = m * 2^-shift, shift >= 24; m * T < 2^56
+    return shift >= 64 ? 0u : (uint32_t)((m * T) >> shift);
+}
+
 Budget budget(const LayerParams &lp, uint32_t T, uint32_t sinks) {
     Budget b{};
     b.sinks = sinks;
     b.window = std::min<uint32_t>(lp.recent_window, T - b.sinks);
-    uint32_t evict = (uint32_t)std::floor((double)lp.evict_fraction * T);
+    uint32_t evict = floor_fraction(lp.evict_fraction, T);
     uint32_t keep = T - std::min(evict, T);
     keep = std::max(keep, b.sinks + b.window);
     keep = std::max(keep, 1u);

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "error.h"
+#include "fp_env.h"
 
 namespace nq {
 namespace {
@@ -16,6 +17,7 @@ double token_bytes(uint32_t head_dim, uint32_t kb, uint32_t vb, bool evicting) {
 }  // namespace
 
 PresetValues plan_for_ratio(float ratio, uint32_t head_dim) {
+    DefaultFpEnv env;  // the plan (a stored eviction fraction) may not depend on the caller's rounding mode
     // Precision ladder, best first; keys get the extra bit (they carry the outliers).
     static const uint32_t ladder[][2] = {{8, 8}, {6, 6}, {5, 5}, {5, 4}, {4, 4}, {4, 3}, {3, 3}, {3, 2}, {2, 2}};
     const double fp16 = head_dim * 4.0;  // K + V, 2 bytes each
