@@ -35,7 +35,7 @@ struct DeviceScope {
         else prev = -1;
     }
     ~DeviceScope() {
-        if (prev >= 0) cudaSetDevice(prev);
+        if (prev >= 0) (void)cudaSetDevice(prev);
     }
 };
 
@@ -145,7 +145,7 @@ nq_status rope_tables_for(nq_context *ctx, int device, int64_t max_position, con
     if (e == cudaSuccess) e = cudaMemcpyAsync(t.fwd, host, bytes, cudaMemcpyHostToDevice, s);
     if (e == cudaSuccess && two) e = cudaMemcpyAsync(t.inv, host + entries, bytes, cudaMemcpyHostToDevice, s);
     if (e == cudaSuccess) e = cudaStreamSynchronize(s);
-    if (s) cudaStreamDestroy(s);
+    if (s) (void)cudaStreamDestroy(s);
     ctx->mem.release(host);
     if (e != cudaSuccess) {
         release_table(ctx, t);
@@ -226,7 +226,7 @@ void *gpu_alloc(size_t bytes, int32_t device) {
     if (ds.err != cudaSuccess) return nullptr;
     void *p = nullptr;
     if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
-        cudaGetLastError();
+        (void)cudaGetLastError();
         return nullptr;
     }
     return p;
@@ -235,7 +235,7 @@ void *gpu_alloc(size_t bytes, int32_t device) {
 void gpu_free(void *p, int32_t device) {
     if (!p) return;
     DeviceScope ds(device);
-    cudaFree(p);
+    (void)cudaFree(p);
 }
 
 nq_status gpu_copy(void *dst, nq_memory, const void *src, nq_memory, size_t bytes, int32_t device, void *stream) {

@@ -347,7 +347,7 @@ template <int B> __device__ __forceinline__ void e8_encode_group_bits(const floa
     const float e1 = e8_coset_nearest_reg(t, 0.5f, lo, hi, k1);
     const bool c1 = e1 < e0;
     const float half = (float)(1 << (B - 1));
-    if (B <= 4) {  // 8 * B <= 32 bits: one 32-bit word
+    if constexpr (B <= 4) {  // 8 * B <= 32 bits: one 32-bit word
         uint32_t acc = c1 ? 1u : 0u;
 #pragma unroll
         for (int i = 0; i < 7; ++i) acc |= small_int_bits(c1 ? k1[i] : k0[i], half) << (1 + i * B);

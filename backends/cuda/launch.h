@@ -28,8 +28,8 @@ template <class Kernel> unsigned grid_for(int device, Kernel kern, uint64_t thre
     int blocks = device >= 0 && device < 16 ? resident[device].load(std::memory_order_relaxed) : 0;
     if (blocks <= 0) {
         int sms = 1, per_sm = 1;
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, (int)kThreads, 0);
+        (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+        (void)cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, (int)kThreads, 0);
         blocks = (sms < 1 ? 1 : sms) * (per_sm < 1 ? 1 : per_sm);
         if (device >= 0 && device < 16) resident[device].store(blocks, std::memory_order_relaxed);
     }
