@@ -33,10 +33,11 @@ window of recent tokens:
   (freed after the layer's attention) but it costs a full decode per layer per step.
 
 Devices: CPU tensors are passed to the library by pointer. CUDA tensors are passed by
-device pointer only when the loaded library has a CUDA backend; otherwise each
-compress copies the K/V to host memory and each decode writes to host memory and
-copies the result to the device. `NexusQuantCache.transfer` says which
-(``"host"``, ``"device"`` or ``"host-staging"``) and `memory_report()` repeats it.
+device pointer only when the loaded library has a CUDA backend (and, for now, the
+cache evicts nothing: see `NexusQuantCache.transfer`); otherwise each compress copies
+the K/V to host memory and each decode writes to host memory and copies the result to
+the device. `NexusQuantCache.transfer` says which (``"host"``, ``"device"`` or
+``"host-staging"``) and `memory_report()` repeats it.
 
 Batches: every batch element is compressed into its own sequence. With the same
 prompt length every element keeps the same number of tokens. Left-padded batches are
@@ -59,12 +60,12 @@ from typing import Optional
 
 import numpy as np
 import torch
-from transformers.cache_utils import (
-    DYNAMIC_LAYER_TYPE_MAPPING,
-    Cache,
-    CacheLayerMixin,
-    get_layer_types_and_kwargs,
-)
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindowLayer
+
+try:  # transformers >= 5.2x
+    from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, get_layer_types_and_kwargs
+except ImportError:  # pragma: no cover - older 5.x
+    DYNAMIC_LAYER_TYPE_MAPPING, get_layer_types_and_kwargs = None, None
 
 from . import _lib as L
 from .core import Block, Context, NexusQuantError, RopeSpec, Sequence
@@ -75,6 +76,8 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Model types whose rotary embedding pairs (2i, 2i+1) rather than (i, i + d/2).
 _INTERLEAVED_ROPE = {"gptj", "cohere", "cohere2", "glm", "chatglm"}
 _NQ_ERR_BACKEND_UNAVAILABLE = 8
+# Whether evicting caches may hold device blocks (see NexusQuantCache.transfer).
+_DEVICE_EVICTION_OK = False
 
 
 # ---------------------------------------------------------------------------- config
@@ -172,6 +175,39 @@ def rope_spec_from_config(config, mode: str = "remove") -> RopeSpec:
                   "rotation kept (rope mode 'keep')", stacklevel=3)
     spec.mode = "keep"
     return spec
+
+
+def _layer_plan(c) -> tuple:
+    """(layer types, per-layer constructor kwargs) of a text config, one per layer."""
+    n = c.num_hidden_layers
+    if get_layer_types_and_kwargs is not None:
+        try:
+            types, kwargs = get_layer_types_and_kwargs(c)
+            if isinstance(kwargs, dict):  # transformers <= 5.17: one dict for every layer
+                kwargs = [kwargs] * len(types)
+            if len(types) == n and len(kwargs) == n:
+                return list(types), list(kwargs)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            pass
+    types = list(getattr(c, "layer_types", None) or ["full_attention"] * n)
+    kwargs = []
+    for t in types:
+        if t == "sliding_attention":
+            kwargs.append({"sliding_window": c.sliding_window})
+        elif t == "chunked_attention":
+            kwargs.append({"sliding_window": c.attention_chunk_size})
+        else:
+            kwargs.append({})
+    return types, kwargs
+
+
+def _plain_layer(kind: str, kwargs: dict):
+    """The ordinary (uncompressed) transformers layer for a non-full-attention type."""
+    mapping = DYNAMIC_LAYER_TYPE_MAPPING or {"sliding_attention": DynamicSlidingWindowLayer,
+                                             "chunked_attention": DynamicSlidingWindowLayer}
+    if kind not in mapping:
+        raise NotImplementedError(f"nexusquant: layer type {kind!r} is not supported")
+    return mapping[kind](**kwargs)
 
 
 # ---------------------------------------------------------------------------- devices
@@ -385,16 +421,15 @@ class NexusQuantLayer(CacheLayerMixin):
                 segs.append(ctx.sequence(self.layer_idx))
             seq = segs[-1]
             kb, vb = k[b], v[b]
-            qb = queries[b] if queries is not None else None
             scores = None
+            if queries is not None:
+                # NQ_SCORES_QUERIES' formula, computed by torch where the tensors are (its
+                # matmuls are much faster than the library's scalar loop on the CPU, and
+                # the GPU backend takes no query descriptors); handed over as given scores
+                scores = _query_scores(queries[b], kb, cache.shape["num_kv_heads"]).cpu().numpy()
             if transfer == "host-staging":
                 kb, vb = kb.to("cpu"), vb.to("cpu")
-                qb = qb.to("cpu") if qb is not None else None
-            elif transfer == "device" and qb is not None:
-                # the GPU backend takes no query descriptors: the same scores, computed here
-                scores, qb = _query_scores(qb, kb, cache.shape["num_kv_heads"]).cpu().numpy(), None
-            seq.append(_safe_view(kb), _safe_view(vb), start_position=start, scores=scores,
-                       queries=_safe_view(qb) if qb is not None else None, stream=stream)
+            seq.append(_safe_view(kb), _safe_view(vb), start_position=start, scores=scores, stream=stream)
             kept.add(sum(s.num_tokens for s in segs))
         self.compress_calls += len(self.segments)
         if len(kept) != 1:  # cannot happen with equal lengths; guards the invariant the mask relies on
@@ -475,19 +510,22 @@ def _shared_ids(segments) -> set:
 
 
 def _query_scores(q: torch.Tensor, k: torch.Tensor, kv_heads: int, pool: int = 7) -> torch.Tensor:
-    """What the library's NQ_SCORES_QUERIES computes, in torch (for the GPU backend, which
-    takes only given scores): softmax(q k^T / sqrt(d)) of the last W queries over the keys
-    they see (causal), summed over queries, max-pooled over `pool` tokens, summed over the
-    query heads of each KV head. q [q_heads, W, d], k [kv_heads, T, d] -> [kv_heads, T]."""
+    """What the library's NQ_SCORES_QUERIES computes, in torch: softmax(q k^T / sqrt(d)) of
+    the last W queries over the keys they see (causal), summed over the queries,
+    max-pooled over `pool` tokens, summed over the query heads of each KV head.
+    q [q_heads, W, d], k [kv_heads, T, d] (both post-RoPE) -> float32 [kv_heads, T]."""
     hq, w, d = q.shape
     t = k.shape[1]
     g = hq // kv_heads
-    logits = torch.matmul(q.float(), k.float().repeat_interleave(g, 0).transpose(1, 2)) / math.sqrt(d)
-    qpos = torch.arange(t - w, t, device=q.device)[:, None]
-    logits.masked_fill_(torch.arange(t, device=q.device)[None, :] > qpos, float("-inf"))
-    p = torch.softmax(logits, dim=-1).sum(1)  # [hq, T]
-    p = torch.nn.functional.max_pool1d(p[:, None, :], pool, stride=1, padding=pool // 2)[:, 0]
-    return p.view(kv_heads, g, t).sum(1).contiguous()
+    future = torch.arange(t, device=q.device)[None, :] > torch.arange(t - w, t, device=q.device)[:, None]
+    out = torch.empty((kv_heads, t), dtype=torch.float32, device=q.device)
+    for h in range(kv_heads):  # one KV head at a time bounds the [g, W, T] logits
+        logits = torch.matmul(q[h * g:(h + 1) * g].float(), k[h].float().t()) / math.sqrt(d)
+        logits.masked_fill_(future, float("-inf"))
+        p = torch.softmax(logits, dim=-1).sum(1)  # [g, T]
+        p = torch.nn.functional.max_pool1d(p[:, None, :], pool, stride=1, padding=pool // 2)[:, 0]
+        out[h] = p.sum(0)
+    return out
 
 
 def _host_copy(blk: Block) -> Block:
@@ -573,11 +611,9 @@ class NexusQuantCache(Cache):
         self.shape = shape
         self._warned_key_norm = False
         self._evicting = [self.context.layer_params(i)["evict_fraction"] > 0 for i in range(shape["num_layers"])]
-        layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
-        layers = []
-        for i, (kind, kw) in enumerate(zip(layer_types, layer_kwargs)):
-            layers.append(NexusQuantLayer(self, i) if kind == "full_attention"
-                          else DYNAMIC_LAYER_TYPE_MAPPING[kind](**kw))
+        layer_types, layer_kwargs = _layer_plan(text)
+        layers = [NexusQuantLayer(self, i) if kind == "full_attention" else _plain_layer(kind, kw)
+                  for i, (kind, kw) in enumerate(zip(layer_types, layer_kwargs))]
         super().__init__(layers=layers)
         self._transfer = None if transfer == "auto" else transfer
 
@@ -586,14 +622,25 @@ class NexusQuantCache(Cache):
     @property
     def transfer(self) -> str:
         """How K/V reach the library: "host" (CPU tensors by pointer), "device" (CUDA
-        tensors by device pointer, the library has a CUDA backend) or "host-staging"
-        (CUDA tensors copied to host for compress and decoded on host then copied back)."""
+        tensors by device pointer: the library has a CUDA backend, the blocks live in GPU
+        memory, compress and decode run on torch's current stream) or "host-staging"
+        (CUDA tensors copied to host memory, compressed and decoded by the CPU backend,
+        the decoded tensors copied back to the GPU; the blocks live in host memory).
+
+        "device" is used only when no layer evicts: with eviction the CUDA backend of
+        libnexusquant 0.1.0 crashes when a sequence appends an evicted device block (it
+        reads the block's kept positions from device memory), so evicting caches stage
+        through the host until that is fixed."""
         dev = next((l.device for l in self.layers if getattr(l, "is_initialized", False)
                     and getattr(l, "device", None) is not None), None)
         if dev is None or dev.type == "cpu":
             return "host"
         if self._transfer is None:
-            self._transfer = "device" if library_has_cuda() else "host-staging"
+            # Evicted blocks stay on the host for now: nq_sequence_append reads the kept
+            # positions of the new block from its bytes, which for a device block are in
+            # device memory (a crash in libnexusquant 0.1.0's CUDA backend).
+            device_ok = library_has_cuda() and (_DEVICE_EVICTION_OK or not self.evicts)
+            self._transfer = "device" if device_ok else "host-staging"
         return self._transfer
 
     def _context_for(self, device: torch.device) -> Context:
