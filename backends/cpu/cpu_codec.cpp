@@ -1,10 +1,15 @@
 // The scalar reference of the quantisation pipeline: every other backend and ISA must
-// reproduce the bytes this file writes.
+// reproduce the bytes this file writes. The entry points route to the SIMD kernels of
+// the context's instruction set (cpu_tiles.cpp) when it has one.
+#include <atomic>
 #include <cstring>
 
 #include "../../src/backend.h"
 #include "../../src/core/vector_codec.h"
+#include "cpu_dispatch.h"
+#include "cpu_internal.h"
 #include "kv_access.h"
+#include "thread_pool.h"
 
 namespace nq {
 
@@ -22,19 +27,7 @@ struct RopeCache {
     float c_fwd[kMaxHeadDim / 2], s_fwd[kMaxHeadDim / 2], c_inv[kMaxHeadDim / 2], s_inv[kMaxHeadDim / 2];
 
     void init(const BlockHeader &h) {
-        RopeSpec spec;
-        spec.pairing = h.rope_pairing;
-        spec.scaling = h.rope_scaling;
-        spec.rotary_dims = h.rotary_dims;
-        spec.original_max_position = h.rope_original_max_position;
-        spec.theta = h.theta;
-        spec.factor = h.factor;
-        spec.low_freq_factor = h.low_freq_factor;
-        spec.high_freq_factor = h.high_freq_factor;
-        spec.beta_fast = h.beta_fast;
-        spec.beta_slow = h.beta_slow;
-        spec.attention_factor = h.attention_factor;
-        rope_inv_freq(spec, h.rope_seq_len, inv_freq, &mscale);
+        block_rope_freqs(h, inv_freq, &mscale);
         nf = h.rotary_dims / 2;
     }
     void at(int64_t p) {
@@ -66,17 +59,27 @@ bool encode_vector(float *row, uint32_t D, int codec, int bits, uint8_t *scale_d
 
 }  // namespace
 
-nq_status cpu_encode(const nq_context *, const EncodeJob &job, void *) {
+void block_rope_freqs(const BlockHeader &h, double *inv_freq, double *mscale) {
+    RopeSpec spec;
+    spec.pairing = h.rope_pairing;
+    spec.scaling = h.rope_scaling;
+    spec.rotary_dims = h.rotary_dims;
+    spec.original_max_position = h.rope_original_max_position;
+    spec.theta = h.theta;
+    spec.factor = h.factor;
+    spec.low_freq_factor = h.low_freq_factor;
+    spec.high_freq_factor = h.high_freq_factor;
+    spec.beta_fast = h.beta_fast;
+    spec.beta_slow = h.beta_slow;
+    spec.attention_factor = h.attention_factor;
+    rope_inv_freq(spec, h.rope_seq_len, inv_freq, mscale);
+}
+
+void write_positions(const EncodeJob &job) {
     const BlockHeader &h = *job.h;
     const BlockGeometry &g = *job.g;
-    const nq_kv_desc &kv = *job.kv;
-    const uint32_t H = h.num_heads, D = h.head_dim, K = h.tokens_kept;
-    const uint32_t s_end = h.fp16_sinks, w_begin = K - h.fp16_window;
+    const uint32_t K = h.tokens_kept;
     uint8_t *dst = job.dst;
-    RopeCache rope;
-    const bool unrotate = h.rope_mode == NQ_ROPE_REMOVE;
-    if (unrotate) rope.init(h);
-
     if (g.pos_rows) {
         uint8_t *p = dst + g.offset[kSecPositions];
         for (uint32_t r = 0; r < g.pos_rows; ++r)
@@ -92,9 +95,22 @@ nq_status cpu_encode(const nq_context *, const EncodeJob &job, void *) {
                 }
             }
     }
+}
+
+nq_status encode_rows_reference(const EncodeJob &job, uint32_t j_begin, uint32_t j_end) {
+    const BlockHeader &h = *job.h;
+    const BlockGeometry &g = *job.g;
+    const nq_kv_desc &kv = *job.kv;
+    const uint32_t H = h.num_heads, D = h.head_dim, K = h.tokens_kept;
+    const uint32_t s_end = h.fp16_sinks, w_begin = K - h.fp16_window;
+    uint8_t *dst = job.dst;
+    RopeCache rope;
+    const bool unrotate = h.rope_mode == NQ_ROPE_REMOVE;
+    if (unrotate) rope.init(h);
+
     float row[kMaxHeadDim];
     // Token-major order so that one RoPE table serves every head when rows are shared.
-    for (uint32_t j = 0; j < K; ++j) {
+    for (uint32_t j = j_begin; j < j_end; ++j) {
         for (uint32_t hd = 0; hd < H; ++hd) {
             const uint32_t r = job.kept_rows > 1 ? hd : 0;
             const uint32_t t = job.kept ? job.kept[(size_t)r * K + j] : j;
@@ -128,6 +144,48 @@ nq_status cpu_encode(const nq_context *, const EncodeJob &job, void *) {
     return NQ_OK;
 }
 
+namespace {
+
+// Token ranges of the reference loops as tasks of the context's pool.
+struct RowTasks {
+    const EncodeJob *job;
+    const nq_block *blk;
+    uint32_t begin, end;  // decode
+    const nq_kv_desc *out;
+    uint32_t j_begin, j_end, per_task;
+    std::atomic<bool> failed{false};
+};
+
+void encode_rows_task(void *vp, uint32_t i) {
+    RowTasks &t = *static_cast<RowTasks *>(vp);
+    FpEnvGuard env;
+    const uint32_t j0 = t.j_begin + i * t.per_task, j1 = j0 + t.per_task < t.j_end ? j0 + t.per_task : t.j_end;
+    if (encode_rows_reference(*t.job, j0, j1) != NQ_OK) t.failed.store(true);
+}
+
+void decode_rows_task(void *vp, uint32_t i) {
+    RowTasks &t = *static_cast<RowTasks *>(vp);
+    FpEnvGuard env;
+    const uint32_t j0 = t.j_begin + i * t.per_task, j1 = j0 + t.per_task < t.j_end ? j0 + t.per_task : t.j_end;
+    decode_rows_reference(*t.blk, t.begin, *t.out, j0, j1);
+}
+
+}  // namespace
+
+nq_status cpu_encode(const nq_context *ctx, const EncodeJob &job, void *) {
+    FpEnvGuard env;
+    if (const CpuKernels *kn = cpu_kernels(ctx->isa)) return encode_tiled(ctx, *kn, job);
+    write_positions(job);
+    const uint32_t K = job.h->tokens_kept;
+    const TaskSplit sp = split_tasks(K, 1, thread_pool_size(ctx->pool));
+    if (sp.tasks <= 1) return encode_rows_reference(job, 0, K);
+    RowTasks t{&job, nullptr, 0, 0, nullptr, 0, K, sp.units_per_task};
+    thread_pool_run(ctx->pool, sp.tasks, encode_rows_task, &t);
+    // The first failure in token order, with its message, on this thread.
+    if (t.failed.load()) return encode_rows_reference(job, 0, K);
+    return NQ_OK;
+}
+
 int64_t block_position(const nq_block &b, uint32_t head, uint32_t j) {
     if (b.g.pos_rows == 0) return (int64_t)b.h.first_position + j;
     const uint32_t r = b.g.pos_rows > 1 ? head : 0;
@@ -143,8 +201,8 @@ int64_t block_position(const nq_block &b, uint32_t head, uint32_t j) {
     return (int64_t)b.h.first_position + off;
 }
 
-nq_status cpu_decode(const nq_context *, const nq_block &b, uint32_t begin, uint32_t end, const nq_kv_desc &out,
-                     void *) {
+void decode_rows_reference(const nq_block &b, uint32_t begin, const nq_kv_desc &out, uint32_t j_begin,
+                           uint32_t j_end) {
     const BlockHeader &h = b.h;
     const BlockGeometry &g = b.g;
     const uint32_t H = h.num_heads, D = h.head_dim, K = h.tokens_kept;
@@ -154,7 +212,7 @@ nq_status cpu_decode(const nq_context *, const nq_block &b, uint32_t begin, uint
     const bool rotate = h.rope_mode == NQ_ROPE_REMOVE;
     if (rotate) rope.init(h);
     float row[kMaxHeadDim];
-    for (uint32_t j = begin; j < end; ++j) {
+    for (uint32_t j = j_begin; j < j_end; ++j) {
         for (uint32_t hd = 0; hd < H; ++hd) {
             const uint32_t o = j - begin;
             if (j < s_end || j >= w_begin) {
@@ -181,11 +239,30 @@ nq_status cpu_decode(const nq_context *, const nq_block &b, uint32_t begin, uint
             store_row(out.v, out.dtype, out.v_layout, hd, o, D, row);
         }
     }
+}
+
+nq_status cpu_decode(const nq_context *ctx, const nq_block &b, uint32_t begin, uint32_t end, const nq_kv_desc &out,
+                     void *) {
+    FpEnvGuard env;
+    if (const CpuKernels *kn = cpu_kernels(ctx->isa)) return decode_tiled(ctx, *kn, b, begin, end, out);
+    const TaskSplit sp = split_tasks(end - begin, 1, thread_pool_size(ctx->pool));
+    if (sp.tasks <= 1) {
+        decode_rows_reference(b, begin, out, begin, end);
+        return NQ_OK;
+    }
+    RowTasks t{nullptr, &b, begin, end, &out, begin, end, sp.units_per_task};
+    thread_pool_run(ctx->pool, sp.tasks, decode_rows_task, &t);
     return NQ_OK;
 }
 
+nq_status cpu_scores_guarded(const nq_context *ctx, const nq_kv_desc &kv, const nq_score_desc *sc,
+                             const int64_t *positions, float *out, Workspace &ws) {
+    FpEnvGuard env;
+    return cpu_scores(ctx, kv, sc, positions, out, ws);
+}
+
 const Backend &cpu_backend() {
-    static const Backend b{"cpu", cpu_scores, cpu_encode, cpu_decode};
+    static const Backend b{"cpu", cpu_scores_guarded, cpu_encode, cpu_decode};
     return b;
 }
 

@@ -32,6 +32,8 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const NQ_GRID_CONSTANT
     const uint32_t signs = sign_bits<E>(d0);
     float *sm = smem + (threadIdx.x / G) * (G * E);
     const uint32_t D = p.D, n_block = hadamard_block(D);
+    RopePlan<E> plan;
+    plan.init(d0, p.pairing, p.rotary_dims);
     const float inv_n = 1.0f / (float)n_block;
     const uint32_t HC = p.H * p.count;  // 2 * H * count < 2^32 (checked on the host)
     for (uint64_t row = tid / G; row < 2ull * HC; row += ngroups) {
@@ -81,8 +83,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const NQ_GRID_CONSTANT
                     if (p.pos_bytes == 4) offp |= ((uint32_t)e[2] << 16) | ((uint32_t)e[3] << 24);
                     pos = p.first_position + offp;
                 }
-                rope_lanes<E>(x, sm, d0, p.pairing, p.rotary_dims, p.rope + (uint64_t)pos * (p.rotary_dims / 2), false,
-                              mask);
+                rope_planned<E>(x, sm, d0, plan, p.rope + (uint64_t)pos * (p.rotary_dims / 2), false, mask);
             }
         }
         const Layout &l = is_v ? p.vl : p.kl;

@@ -61,6 +61,8 @@ __global__ void __launch_bounds__(kThreads) encode_kernel(const EncodeItem *item
     const uint64_t ngroups = nthreads / G;
     uint32_t ii = 0;
     uint64_t item_lo = 1, item_hi = 0;  // rows of item ii (empty: not looked up yet)
+    RopePlan<E> plan;  // the batch's items share one context, hence one RoPE
+    if (n_items) plan.init(d0, items[0].pairing, items[0].rotary_dims);
     for (uint64_t row = tid / G; row < total_rows; row += ngroups) {
         if (row < item_lo || row >= item_hi) {
             ii = find_item(items, n_items, row, [](const EncodeItem &x) { return x.row_begin; });
@@ -88,8 +90,7 @@ __global__ void __launch_bounds__(kThreads) encode_kernel(const EncodeItem *item
         const uint64_t c = (uint64_t)h * it.coded + (j - it.s_end);
         if (!is_v && it.unrotate) {
             const uint32_t pos = it.positions ? it.positions[t] : it.start_position + t;
-            rope_lanes<E>(x, sm, d0, it.pairing, it.rotary_dims, it.rope + (uint64_t)pos * (it.rotary_dims / 2), true,
-                          mask);
+            rope_planned<E>(x, sm, d0, plan, it.rope + (uint64_t)pos * (it.rotary_dims / 2), true, mask);
         }
 #pragma unroll
         for (int e = 0; e < E; ++e)

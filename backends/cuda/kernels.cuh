@@ -217,11 +217,12 @@ __device__ __forceinline__ void fwht_lanes(float (&x)[E], uint32_t n, uint32_t g
     }
     for (uint32_t h = E; h < n; h <<= 1) {
         const uint32_t lm = h / E;
-        const bool upper = (gl & lm) != 0;
+        // lower lane: x + p; upper lane: p - x, computed as p + (-x) (the same IEEE result)
+        const uint32_t flip = (gl & lm) ? 0x80000000u : 0u;
 #pragma unroll
         for (int e = 0; e < E; ++e) {
             float p = __shfl_xor_sync(mask, x[e], (int)lm);
-            x[e] = upper ? p - x[e] : x[e] + p;
+            x[e] = __uint_as_float(__float_as_uint(x[e]) ^ flip) + p;
         }
     }
 }
@@ -247,6 +248,61 @@ __device__ __forceinline__ float sum_squares_lanes(const float (&x)[E], uint32_t
         for (int e = 0; e < step; ++e) s[e] = s[e] + s[e + step];
     (void)gl;
     return __shfl_sync(mask, s[0], 0, G);
+}
+
+// Which dims a lane's RoPE pairs with, worked out once per thread: partner dim and
+// frequency index of each of its E dims, and which of them are the pair's first member.
+template <int E> struct RopePlan {
+    uint32_t pc[E];       // partner | frequency << 16
+    uint32_t first = 0;   // bit e: dim d0 + e is the pair's first member
+    uint32_t active = 0;  // bit e: dim d0 + e is rotated
+    __device__ __forceinline__ void init(uint32_t d0, uint32_t pairing, uint32_t rot) {
+        const uint32_t half = rot / 2;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            const uint32_t d = d0 + (uint32_t)e;
+            uint32_t i = 0, partner = 0;
+            bool is_a = false;
+            if (d < rot) {
+                if (pairing == 2) {
+                    i = d >> 1;
+                    is_a = (d & 1u) == 0;
+                    partner = is_a ? d + 1 : d - 1;
+                } else {
+                    is_a = d < half;
+                    i = is_a ? d : d - half;
+                    partner = is_a ? d + half : d - half;
+                }
+                active |= 1u << e;
+            }
+            if (is_a) first |= 1u << e;
+            pc[e] = partner | (i << 16);
+        }
+    }
+};
+
+// RoPE with a precomputed plan (the same arithmetic as rope_lanes below).
+template <int E>
+__device__ __forceinline__ void rope_planned(float (&x)[E], float *sm, uint32_t d0, const RopePlan<E> &plan,
+                                             const RopeCS *cs, bool inverse, unsigned mask) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) sm[d0 + e] = x[e];
+    __syncwarp(mask);
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        if (!((plan.active >> e) & 1u)) continue;
+        const bool is_a = (plan.first >> e) & 1u;
+        const RopeCS t = cs[plan.pc[e] >> 16];
+        const float other = sm[plan.pc[e] & 0xffffu];
+        const float a = is_a ? x[e] : other;
+        const float b = is_a ? other : x[e];
+        const float ac = a * t.c, bs = b * t.s, bc = b * t.c, as = a * t.s;
+        if (inverse)
+            x[e] = is_a ? ac + bs : bc - as;
+        else
+            x[e] = is_a ? ac - bs : bc + as;
+    }
+    __syncwarp(mask);
 }
 
 // RoPE on the rotary dims through the group's shared-memory row `sm` (P floats).

@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <new>
 
+#include "../../backends/cpu/cpu_dispatch.h"
+#include "../../backends/cpu/thread_pool.h"
 #include "../core/hadamard.h"
 #include "../backend.h"
 #include "presets.h"
@@ -251,7 +253,14 @@ extern "C" NQ_API nq_status nq_context_create(const nq_config *cfg, nq_context *
     ctx->cfg = c;
     ctx->backend = c.backend == NQ_BACKEND_AUTO ? NQ_BACKEND_CPU : c.backend;
     ctx->gpu = nullptr;
-    ctx->isa = NQ_ISA_SCALAR;
+    ctx->isa = cpu_isa_resolve(c.cpu_isa, std::getenv("NQ_CPU_ISA"));
+    ctx->pool = nullptr;
+    if (nq_status st = thread_pool_create(mem, c.num_threads, &ctx->pool); st != NQ_OK) {
+        mem.release(ctx->overrides);
+        ctx->~nq_context();
+        mem.release(p);
+        return st;
+    }
     RopeSpec &r = ctx->rope;
     r.pairing = (uint8_t)c.rope.pairing;
     r.scaling = (uint8_t)c.rope.scaling;
@@ -271,6 +280,7 @@ extern "C" NQ_API nq_status nq_context_create(const nq_config *cfg, nq_context *
 extern "C" NQ_API void nq_context_free(nq_context *ctx) {
     if (!ctx) return;
     MemoryHooks mem = ctx->mem;
+    thread_pool_free(ctx->pool);
 #if defined(NQ_HAVE_GPU)
     gpu_context_release(ctx);
 #endif

@@ -24,6 +24,8 @@ struct MemoryHooks {
     void release(void *p, nq_memory mem = NQ_MEMORY_HOST, int32_t dev = 0) const;
 };
 
+struct ThreadPool;  // backends/cpu/thread_pool.h
+
 }  // namespace nq
 
 struct nq_context {
@@ -32,7 +34,8 @@ struct nq_context {
     nq::MemoryHooks mem;
     nq::RopeSpec rope;
     nq_backend backend;
-    nq_cpu_isa isa;
+    nq_cpu_isa isa;                   // the CPU backend's instruction set (after caps)
+    nq::ThreadPool *pool;             // num_threads - 1 CPU workers; NULL when num_threads <= 1
     void *gpu;                        // GPU backend state (RoPE tables), created on first use
 };
 

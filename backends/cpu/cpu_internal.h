@@ -1,0 +1,40 @@
+// Pieces of the CPU backend shared by the reference loops (cpu_codec.cpp) and the
+// tiled SIMD driver (cpu_tiles.cpp).
+#pragma once
+#include <cstdint>
+
+#include "../../src/backend.h"
+#include "isa/kernels.h"
+
+namespace nq {
+
+// Inverse frequencies and mscale of a block's RoPE (rope_inv_freq of its header).
+void block_rope_freqs(const BlockHeader &h, double *inv_freq, double *mscale);
+
+// Original position of kept token j of a head.
+int64_t block_position(const nq_block &b, uint32_t head, uint32_t j);
+
+// The positions section of a block being encoded.
+void write_positions(const EncodeJob &job);
+
+// The reference loops over kept tokens [j_begin, j_end) of every head: raw rows and
+// coded rows of an encode, or the rows of a decode of [begin, end).
+nq_status encode_rows_reference(const EncodeJob &job, uint32_t j_begin, uint32_t j_end);
+void decode_rows_reference(const nq_block &b, uint32_t begin, const nq_kv_desc &out, uint32_t j_begin,
+                           uint32_t j_end);
+
+// The same with the SIMD kernels, spread over the context's thread pool.
+nq_status encode_tiled(const nq_context *ctx, const CpuKernels &kn, const EncodeJob &job);
+nq_status decode_tiled(const nq_context *ctx, const CpuKernels &kn, const nq_block &b, uint32_t begin,
+                       uint32_t end, const nq_kv_desc &out);
+
+// How `units` x `heads` work items are cut into tasks for `threads` threads.
+struct TaskSplit {
+    uint32_t units_per_task;
+    uint32_t heads_per_task;
+    uint32_t head_groups;
+    uint32_t tasks;
+};
+TaskSplit split_tasks(uint32_t units, uint32_t heads, uint32_t threads);
+
+}  // namespace nq

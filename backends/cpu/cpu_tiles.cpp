@@ -1,0 +1,382 @@
+// Encode and decode of a block with the SIMD kernels: tiles of W tokens of one head,
+// cut into tasks over (token batches x head groups) and run on the context's threads.
+// Every tile writes its own bytes of the block (or rows of the output), so the result
+// is the same for any thread count and task order.
+#include <alloca.h>
+
+#include <atomic>
+#include <cstring>
+
+#include "../../src/core/rope.h"
+#include "../../src/core/vector_codec.h"
+#include "cpu_dispatch.h"
+#include "cpu_internal.h"
+#include "kv_access.h"
+#include "thread_pool.h"
+
+namespace nq {
+namespace {
+
+// Tasks per thread, so that uneven tasks still balance; and the least work (tiles)
+// worth waking the workers for.
+constexpr uint32_t kTasksPerThread = 4;
+constexpr uint64_t kMinTilesForThreads = 8;
+
+uint32_t div_up(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
+uint32_t min_u(uint32_t a, uint32_t b) { return a < b ? a : b; }
+
+size_t elem_bytes(nq_dtype dt) { return dt == NQ_DTYPE_F32 ? 4 : 2; }
+
+template <class T> T *align64(void *p) {
+    return reinterpret_cast<T *>(((uintptr_t)p + 63) & ~(uintptr_t)63);
+}
+
+// Asks for the rows of the next tile of a head while this one is computed: the rows of
+// one head in [head][token][dim] memory are one 4 KB page per tile, where the hardware
+// prefetchers stop.
+inline void prefetch_row(const void *row, size_t bytes, int for_write) {
+    const char *p = static_cast<const char *>(row);
+    for (size_t off = 0; off < bytes; off += 64) {
+        if (for_write)
+            __builtin_prefetch(p + off, 1, 3);
+        else
+            __builtin_prefetch(p + off, 0, 3);
+    }
+}
+
+// Rows whose dims are not contiguous go through a contiguous copy: the kernels read and
+// write unit-stride rows only.
+inline const void *gather_row(const void *row, size_t es, int64_t sd, uint32_t D, void *scratch) {
+    if (sd == 1) return row;
+    for (uint32_t d = 0; d < D; ++d)
+        std::memcpy(static_cast<char *>(scratch) + d * es, static_cast<const char *>(row) + (int64_t)d * sd * (int64_t)es, es);
+    return scratch;
+}
+
+inline void scatter_row(const void *src, size_t es, int64_t sd, uint32_t D, void *row) {
+    for (uint32_t d = 0; d < D; ++d)
+        std::memcpy(static_cast<char *>(row) + (int64_t)d * sd * (int64_t)es, static_cast<const char *>(src) + d * es, es);
+}
+
+// Scratch of one task, on its thread's stack: the kernels' tile and one pair of RoPE
+// tables (16 KB at head_dim 128 with AVX-512).
+#define NQ_TASK_SCRATCH(bytes) align64<float>(alloca((bytes) + 64))
+
+struct EncodeState {
+    const CpuKernels *kn;
+    const EncodeJob *job;
+    uint32_t W, H, D, K, s_end, coded, batches;
+    TaskSplit split;
+    bool rope;
+    uint32_t nf;
+    double mscale;
+    double inv_freq[kMaxHeadDim / 2];
+    float k_alpha, v_alpha;
+    std::atomic<bool> failed{false};
+};
+
+// Tiles of one task are visited head by head over a super-batch of up to kSuperBatch
+// tiles, so every head's rows are walked in address order; RoPE tables of the
+// super-batch are computed once and serve every head (when heads share positions).
+uint32_t super_batch(uint32_t nf, uint32_t W) {
+    if (nf == 0) return 8;
+    const uint32_t s = 32768u / (nf * W * 2u * (uint32_t)sizeof(float));
+    return s < 1 ? 1 : (s > 8 ? 8 : s);
+}
+
+void encode_task(void *vp, uint32_t task) {
+    EncodeState &st = *static_cast<EncodeState *>(vp);
+    if (st.failed.load(std::memory_order_relaxed)) return;
+    FpEnvGuard env;
+    const EncodeJob &job = *st.job;
+    const BlockHeader &h = *job.h;
+    const BlockGeometry &g = *job.g;
+    const nq_kv_desc &kv = *job.kv;
+    const uint32_t W = st.W, D = st.D, K = st.K;
+    const uint32_t hg = task % st.split.head_groups, bc = task / st.split.head_groups;
+    const uint32_t h0 = hg * st.split.heads_per_task, h1 = min_u(st.H, h0 + st.split.heads_per_task);
+    const uint32_t b0 = bc * st.split.units_per_task, b1 = min_u(st.batches, b0 + st.split.units_per_task);
+    const size_t es = elem_bytes(kv.dtype);
+    const bool shared = job.kept_rows <= 1;
+    const uint32_t S = super_batch(st.nf, W);
+    const size_t table = (size_t)st.nf * W, tables = st.rope ? 2 * table * (shared ? S : 1) : 0;
+    const int64_t ksd = layout_dim_stride(kv.k_layout), vsd = layout_dim_stride(kv.v_layout);
+    const size_t gather = (ksd != 1 || vsd != 1) ? (size_t)D * W * es : 0;
+    float *work = NQ_TASK_SCRATCH(((size_t)D * W + tables) * sizeof(float) + gather);
+    float *tabs = work + (size_t)D * W;
+    char *rowbuf = reinterpret_cast<char *>(tabs + tables);
+
+    auto token = [&](uint32_t r, uint32_t j) { return job.kept ? job.kept[(size_t)r * K + j] : j; };
+    auto make_tables = [&](uint32_t r, uint32_t b, float *tc) {
+        const uint32_t j0 = st.s_end + b * W, n = min_u(W, st.coded - b * W);
+        int64_t pos[kTileLanesMax];
+        for (uint32_t w = 0; w < n; ++w) pos[w] = job.positions[token(r, j0 + w)];
+        RopeTableArgs a{st.inv_freq, st.nf, st.mscale, pos, n, true, tc, tc + table};
+        st.kn->rope_tables(a);
+    };
+    auto prefetch_tile = [&](uint32_t hd, uint32_t b) {
+        const uint32_t r = shared ? 0 : hd, j0 = st.s_end + b * W, n = min_u(W, st.coded - b * W);
+        for (uint32_t w = 0; w < n; ++w) {
+            const uint32_t t = token(r, j0 + w);
+            prefetch_row(static_cast<const char *>(kv.k) + layout_offset(kv.k_layout, hd, t) * (int64_t)es, (size_t)D * es, 0);
+            prefetch_row(static_cast<const char *>(kv.v) + layout_offset(kv.v_layout, hd, t) * (int64_t)es, (size_t)D * es, 0);
+        }
+    };
+
+    for (uint32_t sb = b0; sb < b1; sb += S) {
+        const uint32_t se = min_u(b1, sb + S);
+        if (st.rope && shared)
+            for (uint32_t b = sb; b < se; ++b) make_tables(0, b, tabs + (size_t)(b - sb) * 2 * table);
+        for (uint32_t hd = h0; hd < h1; ++hd) {
+            const uint32_t r = shared ? 0 : hd;
+            for (uint32_t b = sb; b < se; ++b) {
+                const uint32_t jc0 = b * W, n = min_u(W, st.coded - jc0), j0 = st.s_end + jc0;
+                float *tc = tabs;
+                if (st.rope && shared) tc = tabs + (size_t)(b - sb) * 2 * table;
+                if (st.rope && !shared) make_tables(r, b, tc);
+                if (b + 1 < se) prefetch_tile(hd, b + 1);
+                else if (hd + 1 < h1) prefetch_tile(hd + 1, sb);
+                else if (se < b1) prefetch_tile(h0, se);
+                const size_t c = (size_t)hd * g.coded + jc0;
+                EncodeTile t{};
+                t.lanes = n;
+                t.head_dim = D;
+                t.codec = h.codec;
+                t.bits = h.k_bits;
+                t.alpha = st.k_alpha;
+                t.dtype = kv.dtype;
+                for (uint32_t w = 0; w < n; ++w)
+                    t.rows[w] = gather_row(static_cast<const char *>(kv.k) + layout_offset(kv.k_layout, hd, token(r, j0 + w)) * (int64_t)es,
+                                           es, ksd, D, rowbuf + w * D * es);
+                if (st.rope) t.rope = TileRope{tc, tc + table, h.rotary_dims, h.rope_pairing};
+                t.scales = job.dst + g.offset[kSecKScales] + c * 2;
+                t.codes = job.dst + g.offset[kSecKCodes] + c * g.k_code_bytes;
+                t.work = work;
+                if (!st.kn->encode(t)) {
+                    st.failed.store(true, std::memory_order_relaxed);
+                    return;
+                }
+                t.bits = h.v_bits;
+                t.alpha = st.v_alpha;
+                for (uint32_t w = 0; w < n; ++w)
+                    t.rows[w] = gather_row(static_cast<const char *>(kv.v) + layout_offset(kv.v_layout, hd, token(r, j0 + w)) * (int64_t)es,
+                                           es, vsd, D, rowbuf + w * D * es);
+                t.rope = TileRope{};
+                t.scales = job.dst + g.offset[kSecVScales] + c * 2;
+                t.codes = job.dst + g.offset[kSecVCodes] + c * g.v_code_bytes;
+                if (!st.kn->encode(t)) {
+                    st.failed.store(true, std::memory_order_relaxed);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct DecodeState {
+    const CpuKernels *kn;
+    const nq_block *blk;
+    const nq_kv_desc *out;
+    uint32_t W, H, D, begin, c0, c1, batches;
+    TaskSplit split;
+    bool rope;
+    uint32_t nf;
+    double mscale;
+    double inv_freq[kMaxHeadDim / 2];
+};
+
+void decode_task(void *vp, uint32_t task) {
+    DecodeState &st = *static_cast<DecodeState *>(vp);
+    FpEnvGuard env;
+    const nq_block &b = *st.blk;
+    const BlockHeader &h = b.h;
+    const BlockGeometry &g = b.g;
+    const nq_kv_desc &out = *st.out;
+    const uint32_t W = st.W, D = st.D;
+    const uint32_t hg = task % st.split.head_groups, bc = task / st.split.head_groups;
+    const uint32_t h0 = hg * st.split.heads_per_task, h1 = min_u(st.H, h0 + st.split.heads_per_task);
+    const uint32_t b0 = bc * st.split.units_per_task, b1 = min_u(st.batches, b0 + st.split.units_per_task);
+    const size_t es = elem_bytes(out.dtype);
+    const bool shared = g.pos_rows <= 1;
+    const uint32_t S = super_batch(st.nf, W);
+    const size_t table = (size_t)st.nf * W, tables = st.rope ? 2 * table * (shared ? S : 1) : 0;
+    const int64_t ksd = layout_dim_stride(out.k_layout), vsd = layout_dim_stride(out.v_layout);
+    const size_t scatter = (ksd != 1 || vsd != 1) ? (size_t)D * W * es : 0;
+    float *work = NQ_TASK_SCRATCH(((size_t)D * W + tables) * sizeof(float) + scatter);
+    float *tabs = work + (size_t)D * W;
+    char *rowbuf = reinterpret_cast<char *>(tabs + tables);
+    const uint32_t s_end = h.fp16_sinks;
+
+    auto make_tables = [&](uint32_t head, uint32_t bt, float *tc) {
+        const uint32_t j0 = st.c0 + bt * W, n = min_u(W, st.c1 - j0);
+        int64_t pos[kTileLanesMax];
+        for (uint32_t w = 0; w < n; ++w) pos[w] = block_position(b, head, j0 + w);
+        RopeTableArgs a{st.inv_freq, st.nf, st.mscale, pos, n, false, tc, tc + table};
+        st.kn->rope_tables(a);
+    };
+    auto out_row = [&](void *base, const nq_layout &l, uint32_t hd, uint32_t j) {
+        return static_cast<char *>(base) + layout_offset(l, hd, j - st.begin) * (int64_t)es;
+    };
+    auto prefetch_tile = [&](uint32_t hd, uint32_t bt) {
+        const uint32_t j0 = st.c0 + bt * W, n = min_u(W, st.c1 - j0);
+        for (uint32_t w = 0; w < n; ++w) {
+            prefetch_row(out_row(out.k, out.k_layout, hd, j0 + w), (size_t)D * es, 1);
+            prefetch_row(out_row(out.v, out.v_layout, hd, j0 + w), (size_t)D * es, 1);
+        }
+    };
+
+    for (uint32_t sb = b0; sb < b1; sb += S) {
+        const uint32_t se = min_u(b1, sb + S);
+        if (st.rope && shared)
+            for (uint32_t bt = sb; bt < se; ++bt) make_tables(0, bt, tabs + (size_t)(bt - sb) * 2 * table);
+        for (uint32_t hd = h0; hd < h1; ++hd) {
+            for (uint32_t bt = sb; bt < se; ++bt) {
+                const uint32_t j0 = st.c0 + bt * W, n = min_u(W, st.c1 - j0), jc0 = j0 - s_end;
+                float *tc = tabs;
+                if (st.rope && shared) tc = tabs + (size_t)(bt - sb) * 2 * table;
+                if (st.rope && !shared) make_tables(hd, bt, tc);
+                if (bt + 1 < se) prefetch_tile(hd, bt + 1);
+                else if (hd + 1 < h1) prefetch_tile(hd + 1, sb);
+                else if (se < b1) prefetch_tile(h0, se);
+                const size_t c = (size_t)hd * g.coded + jc0;
+                DecodeTile t{};
+                t.lanes = n;
+                t.head_dim = D;
+                t.codec = h.codec;
+                t.bits = h.k_bits;
+                t.scales = b.data + g.offset[kSecKScales] + c * 2;
+                t.codes = b.data + g.offset[kSecKCodes] + c * g.k_code_bytes;
+                if (st.rope) t.rope = TileRope{tc, tc + table, h.rotary_dims, h.rope_pairing};
+                t.dtype = out.dtype;
+                t.work = work;
+                for (uint32_t w = 0; w < n; ++w)
+                    t.rows[w] = ksd == 1 ? out_row(out.k, out.k_layout, hd, j0 + w) : rowbuf + w * D * es;
+                st.kn->decode(t);
+                if (ksd != 1)
+                    for (uint32_t w = 0; w < n; ++w)
+                        scatter_row(t.rows[w], es, ksd, D, out_row(out.k, out.k_layout, hd, j0 + w));
+                t.bits = h.v_bits;
+                t.scales = b.data + g.offset[kSecVScales] + c * 2;
+                t.codes = b.data + g.offset[kSecVCodes] + c * g.v_code_bytes;
+                t.rope = TileRope{};
+                for (uint32_t w = 0; w < n; ++w)
+                    t.rows[w] = vsd == 1 ? out_row(out.v, out.v_layout, hd, j0 + w) : rowbuf + w * D * es;
+                st.kn->decode(t);
+                if (vsd != 1)
+                    for (uint32_t w = 0; w < n; ++w)
+                        scatter_row(t.rows[w], es, vsd, D, out_row(out.v, out.v_layout, hd, j0 + w));
+            }
+        }
+    }
+}
+
+}  // namespace
+
+TaskSplit split_tasks(uint32_t units, uint32_t heads, uint32_t threads) {
+    TaskSplit s{units, heads, 1, units ? 1u : 0u};
+    if (threads <= 1 || (uint64_t)units * heads < kMinTilesForThreads) return s;
+    const uint32_t target = threads * kTasksPerThread;
+    s.units_per_task = div_up(units, target);
+    const uint32_t chunks = div_up(units, s.units_per_task);
+    if (chunks < target) {
+        s.heads_per_task = div_up(heads, min_u(heads, div_up(target, chunks)));
+        s.head_groups = div_up(heads, s.heads_per_task);
+    }
+    s.tasks = chunks * s.head_groups;
+    return s;
+}
+
+nq_status encode_tiled(const nq_context *ctx, const CpuKernels &kn, const EncodeJob &job) {
+    const BlockHeader &h = *job.h;
+    const BlockGeometry &g = *job.g;
+    const nq_kv_desc &kv = *job.kv;
+    const uint32_t H = h.num_heads, D = h.head_dim, K = h.tokens_kept;
+    const uint32_t s_end = h.fp16_sinks, w_begin = K - h.fp16_window;
+    write_positions(job);
+
+    // Raw (fp16) rows: the sinks and the recent window, few; on the calling thread.
+    const size_t es = elem_bytes(kv.dtype);
+    for (uint32_t slot = 0; slot < g.raw; ++slot) {
+        const uint32_t j = slot < s_end ? slot : w_begin + (slot - s_end);
+        for (uint32_t hd = 0; hd < H; ++hd) {
+            const uint32_t r = job.kept_rows > 1 ? hd : 0;
+            const uint32_t t = job.kept ? job.kept[(size_t)r * K + j] : j;
+            const size_t off = ((size_t)hd * g.raw + slot) * D * 2;
+            kn.row_to_f16(static_cast<const char *>(kv.k) + layout_offset(kv.k_layout, hd, t) * (int64_t)es, kv.dtype,
+                          layout_dim_stride(kv.k_layout), D, reinterpret_cast<uint16_t *>(job.dst + g.offset[kSecKRaw] + off));
+            kn.row_to_f16(static_cast<const char *>(kv.v) + layout_offset(kv.v_layout, hd, t) * (int64_t)es, kv.dtype,
+                          layout_dim_stride(kv.v_layout), D, reinterpret_cast<uint16_t *>(job.dst + g.offset[kSecVRaw] + off));
+        }
+    }
+    if (g.coded == 0) return NQ_OK;
+
+    EncodeState st;
+    st.kn = &kn;
+    st.job = &job;
+    st.W = kn.lanes;
+    st.H = H;
+    st.D = D;
+    st.K = K;
+    st.s_end = s_end;
+    st.coded = g.coded;
+    st.batches = div_up(g.coded, st.W);
+    st.split = split_tasks(st.batches, H, thread_pool_size(ctx->pool));
+    st.rope = h.rope_mode == NQ_ROPE_REMOVE;
+    st.nf = st.rope ? h.rotary_dims / 2u : 0u;
+    st.mscale = 1.0;
+    if (st.rope) block_rope_freqs(h, st.inv_freq, &st.mscale);
+    st.k_alpha = codec_alpha(h.codec, h.k_bits);
+    st.v_alpha = codec_alpha(h.codec, h.v_bits);
+    thread_pool_run(ctx->pool, st.split.tasks, encode_task, &st);
+    // A non-finite vector: the reference finds the first one in its order and names it.
+    if (st.failed.load()) return encode_rows_reference(job, 0, K);
+    return NQ_OK;
+}
+
+nq_status decode_tiled(const nq_context *ctx, const CpuKernels &kn, const nq_block &b, uint32_t begin, uint32_t end,
+                       const nq_kv_desc &out) {
+    const BlockHeader &h = b.h;
+    const BlockGeometry &g = b.g;
+    const uint32_t H = h.num_heads, D = h.head_dim, K = h.tokens_kept;
+    const uint32_t s_end = h.fp16_sinks, w_begin = K - h.fp16_window;
+    const size_t es = elem_bytes(out.dtype);
+    for (uint32_t j = begin; j < end; ++j) {
+        if (j >= s_end && j < w_begin) {
+            j = w_begin - 1;  // skip the coded rows
+            continue;
+        }
+        const uint32_t slot = j < s_end ? j : s_end + (j - w_begin);
+        for (uint32_t hd = 0; hd < H; ++hd) {
+            const size_t off = ((size_t)hd * g.raw + slot) * D * 2;
+            kn.f16_to_row(reinterpret_cast<const uint16_t *>(b.data + g.offset[kSecKRaw] + off), D,
+                          static_cast<char *>(out.k) + layout_offset(out.k_layout, hd, j - begin) * (int64_t)es, out.dtype,
+                          layout_dim_stride(out.k_layout));
+            kn.f16_to_row(reinterpret_cast<const uint16_t *>(b.data + g.offset[kSecVRaw] + off), D,
+                          static_cast<char *>(out.v) + layout_offset(out.v_layout, hd, j - begin) * (int64_t)es, out.dtype,
+                          layout_dim_stride(out.v_layout));
+        }
+    }
+    const uint32_t c0 = begin > s_end ? begin : s_end, c1 = end < w_begin ? end : w_begin;
+    if (c0 >= c1) return NQ_OK;
+
+    DecodeState st;
+    st.kn = &kn;
+    st.blk = &b;
+    st.out = &out;
+    st.W = kn.lanes;
+    st.H = H;
+    st.D = D;
+    st.begin = begin;
+    st.c0 = c0;
+    st.c1 = c1;
+    st.batches = div_up(c1 - c0, st.W);
+    st.split = split_tasks(st.batches, H, thread_pool_size(ctx->pool));
+    st.rope = h.rope_mode == NQ_ROPE_REMOVE;
+    st.nf = st.rope ? h.rotary_dims / 2u : 0u;
+    st.mscale = 1.0;
+    if (st.rope) block_rope_freqs(h, st.inv_freq, &st.mscale);
+    thread_pool_run(ctx->pool, st.split.tasks, decode_task, &st);
+    return NQ_OK;
+}
+
+}  // namespace nq
