@@ -39,12 +39,16 @@ the K/V to host memory and each decode writes to host memory and copies the resu
 the device. `NexusQuantCache.transfer` says which (``"host"``, ``"device"`` or
 ``"host-staging"``) and `memory_report()` repeats it.
 
-Batches: every batch element is compressed into its own sequence. With the same
-prompt length every element keeps the same number of tokens. Left-padded batches are
-exact without eviction (the padding tokens are stored too and the model's attention
-mask keeps hiding them). With eviction, which tokens survive differs per element,
-and the 2D padding mask no longer lines up with the kept keys: such batches are
-refused (run the prompts one at a time, or use ``quality="lossless"``/``evict=0``).
+Batches: every batch element is compressed into its own sequence, so each element
+gets what it would get alone. Left padding: inside `nexusquant_evict`, the forward
+wrapper reads the padding off the prefill's 2D attention mask; each element stores
+only its real tokens, at the positions generate gives them (0 at its first real
+token), and evicts from those. Elements then hold different numbers of compressed
+tokens: `update` right-aligns them (zeros before the shorter ones) and the wrapper
+replaces the model's 2D attention mask by `NexusQuantCache.attention_mask_for`, which
+hides those slots. Right padding is refused. A cache used outside the manager cannot
+see the mask: there the padding tokens are stored as tokens, which is exact only
+without eviction (the model's own mask still lines up with them).
 """
 from __future__ import annotations
 
@@ -261,7 +265,9 @@ class NexusQuantLayer(CacheLayerMixin):
         self.segments: Optional[list] = None
         self.seen = 0            # tokens seen, evicted ones included (original count)
         self.window_start = 0    # original position of the window's first token
-        self.stored = 0          # compressed tokens per head (the same for every element)
+        self.stored = 0          # compressed tokens per head: the most any element holds
+        self.counts: list = []   # compressed tokens per head of each element
+        self.pads: list = []     # left-padding tokens of each element's prefill (not stored)
         self.compress_calls = 0  # library compress calls (prefill + appended chunks)
         self._pending = None     # the prefill's K/V while its queries are awaited
 
@@ -290,6 +296,8 @@ class NexusQuantLayer(CacheLayerMixin):
             if q == 0:
                 return key_states, value_states
             self.segments = [[] for _ in range(key_states.shape[0])]
+            self.pads = self._cache._take_prefill_pads(key_states.shape[0], q)
+            self.counts = [0] * key_states.shape[0]
             self.seen = self.window_start = q
             self._cache._note_prefill(self.layer_idx)
             if self._cache._awaits_queries(self.layer_idx):
@@ -327,6 +335,7 @@ class NexusQuantLayer(CacheLayerMixin):
         self.keys = self.values = None
         self.is_initialized = False
         self.seen = self.window_start = self.stored = 0
+        self.counts, self.pads = [], []
 
     def crop(self, tokens_to_remove: int) -> None:
         """Drops the last -tokens_to_remove tokens; only the full-precision window can be cropped."""
@@ -397,7 +406,8 @@ class NexusQuantLayer(CacheLayerMixin):
             if blk.info()["memory"] != 0:  # a device block: read its positions from a host copy
                 blk = _host_copy(blk)
             parts.append(blk.positions(head))
-        parts.append(np.arange(self.window_start, self.window_start + self.window_length, dtype=np.int64))
+        start = self.window_start - (self.pads[batch] if self.pads else 0)
+        parts.append(np.arange(start, start + self.window_length, dtype=np.int64))
         return np.concatenate(parts)
 
     def _stream(self, t: torch.Tensor):
@@ -407,34 +417,40 @@ class NexusQuantLayer(CacheLayerMixin):
         return None
 
     def _compress(self, k: torch.Tensor, v: torch.Tensor, start: int, queries: Optional[torch.Tensor] = None):
-        """Appends k, v ([batch, heads, n, dim], original positions start..start+n-1) as one
-        block per batch element. queries: [batch, q_heads, W, dim] post-RoPE queries of
-        the last W tokens (eviction scores); None = the key-norm proxy."""
+        """Appends k, v ([batch, heads, n, dim], tokens start..start+n-1 of the batch's
+        token axis) as one block per batch element. The prefill (start 0) of an element
+        with left padding skips its padding tokens; every element's positions are its
+        own (token index minus its padding, as generate's position ids count them).
+        queries: [batch, q_heads, W, dim] post-RoPE queries of the prefill's last W
+        tokens (eviction scores); None = the key-norm proxy."""
         cache = self._cache
         transfer = cache.transfer
         ctx = cache._context_for(k.device)
         stream = self._stream(k)
         shared = _shared_ids(self.segments)
-        kept = set()
         for b, segs in enumerate(self.segments):
+            pad = self.pads[b]
+            kb, vb = k[b], v[b]
+            if start == 0 and pad:
+                kb, vb = kb[:, pad:], vb[:, pad:]
+            if kb.shape[1] == 0:
+                continue
             if not segs or id(segs[-1]) in shared:
                 segs.append(ctx.sequence(self.layer_idx))
-            seq = segs[-1]
-            kb, vb = k[b], v[b]
             scores = None
             if queries is not None:
                 # NQ_SCORES_QUERIES' formula, computed by torch where the tensors are (its
                 # matmuls are much faster than the library's scalar loop on the CPU, and
                 # the GPU backend takes no query descriptors); handed over as given scores
-                scores = _query_scores(queries[b], kb, cache.shape["num_kv_heads"]).cpu().numpy()
+                qb = queries[b][:, -min(queries.shape[-2], kb.shape[1]):]
+                scores = _query_scores(qb, kb, cache.shape["num_kv_heads"]).cpu().numpy()
             if transfer == "host-staging":
                 kb, vb = kb.to("cpu"), vb.to("cpu")
-            seq.append(_safe_view(kb), _safe_view(vb), start_position=start, scores=scores, stream=stream)
-            kept.add(sum(s.num_tokens for s in segs))
-        self.compress_calls += len(self.segments)
-        if len(kept) != 1:  # cannot happen with equal lengths; guards the invariant the mask relies on
-            raise RuntimeError(f"nexusquant: batch elements hold different token counts {sorted(kept)}")
-        self.stored = kept.pop()
+            segs[-1].append(_safe_view(kb), _safe_view(vb), start_position=max(start - pad, 0), scores=scores,
+                            stream=stream)
+            self.counts[b] = sum(s.num_tokens for s in segs)
+            self.compress_calls += 1
+        self.stored = max(self.counts)
 
     def _resolve_pending(self, queries: Optional[torch.Tensor] = None):
         if self._pending is not None:
@@ -462,6 +478,8 @@ class NexusQuantLayer(CacheLayerMixin):
         b, h, q, d = new_k.shape
         dv_ = new_v.shape[-1]
         r, w = self.stored, self.keys.shape[-2]
+        # an element holding fewer compressed tokens (left padding) is right-aligned; the
+        # slots before its tokens are zeros that the attention mask hides (attention_mask_for)
         out_k = new_k.new_empty((b, h, r + w + q, d))
         out_v = new_v.new_empty((b, h, r + w + q, dv_))
         if r:
@@ -474,7 +492,10 @@ class NexusQuantLayer(CacheLayerMixin):
                 dk, dv = out_k[:, :, :r], out_v[:, :, :r]
             stream = self._stream(new_k)
             for i, segs in enumerate(self.segments):
-                off = 0
+                off = r - self.counts[i]
+                if off:
+                    dk[i, :, :off] = 0
+                    dv[i, :, :off] = 0
                 for seq in segs:
                     n = seq.num_tokens
                     seq.decode(0, n, out=(dk[i, :, off:off + n], dv[i, :, off:off + n]), stream=stream)
@@ -495,6 +516,8 @@ class NexusQuantLayer(CacheLayerMixin):
             return
         if self.segments is not None:
             self.segments = [list(self.segments[i]) for i in indices]
+            self.counts = [self.counts[i] for i in indices]
+            self.pads = [self.pads[i] for i in indices]
         idx = torch.tensor(indices, device=self.keys.device)
         self.keys = self.keys.index_select(0, idx)
         self.values = self.values.index_select(0, idx)
@@ -610,7 +633,14 @@ class NexusQuantCache(Cache):
         self._device_contexts = {}
         self.shape = shape
         self._warned_key_norm = False
-        self._evicting = [self.context.layer_params(i)["evict_fraction"] > 0 for i in range(shape["num_layers"])]
+        self._prefill_pads = None
+        fractions = {self.context.layer_params(i)["evict_fraction"] for i in range(shape["num_layers"])}
+        if len(fractions) > 1:
+            # transformers builds one attention mask per forward, sized by one layer: every
+            # layer must keep the same number of tokens
+            raise NotImplementedError("nexusquant: per-layer eviction fractions differ; the transformers "
+                                      "integration needs the same fraction in every layer (bits may differ)")
+        self._evicting = [f > 0 for f in fractions] * shape["num_layers"]
         layer_types, layer_kwargs = _layer_plan(text)
         layers = [NexusQuantLayer(self, i) if kind == "full_attention" else _plain_layer(kind, kw)
                   for i, (kind, kw) in enumerate(zip(layer_types, layer_kwargs))]
@@ -662,13 +692,43 @@ class NexusQuantCache(Cache):
 
     # -- query scores (fed by nexusquant_evict's attention tap)
 
+    # -- left padding (fed by nexusquant_evict's forward wrapper)
+
+    def _take_prefill_pads(self, batch: int, tokens: int) -> list:
+        pads = self._prefill_pads
+        if pads is None or len(pads) != batch:
+            return [0] * batch
+        return [min(p, tokens) for p in pads]
+
+    @property
+    def ragged(self) -> bool:
+        """Whether batch elements hold different numbers of compressed tokens (left-padded
+        prompts): the model's 2D attention mask no longer lines up with the keys, and
+        `attention_mask_for` must replace it."""
+        lay = next((l for l in self.compressed_layers if l.segments is not None), None)
+        return lay is not None and len(set(lay.counts)) > 1
+
+    def attention_mask_for(self, batch: int, query_length: int, device) -> torch.Tensor:
+        """The 2D attention mask ([batch, kv_offset + kv_length], 1 = attend) that matches
+        what `update` will return for `query_length` new tokens: every element's
+        compressed tokens are right-aligned, and the zero slots before them are masked.
+        transformers slices it at [kv_offset, kv_offset + kv_length) (see get_mask_sizes)."""
+        lay = next(l for l in self.compressed_layers if l.segments is not None)
+        held = lay.stored + lay.window_length
+        offset = lay.seen - held
+        mask = torch.ones((batch, offset + held + query_length), dtype=torch.long, device=device)
+        for b, n in enumerate(lay.counts):
+            mask[b, :offset + lay.stored - n] = 0
+        return mask
+
     def _note_prefill(self, layer: int):
         if self.scores == "queries" and self._evicting[layer] and _ACTIVE.get() is not self \
                 and not self._warned_key_norm:
             self._warned_key_norm = True
             warnings.warn("nexusquant: this cache evicts but no query states reach it (it is not used inside "
                           "nexusquant_evict), so tokens are ranked by the key-norm proxy, which loses much more "
-                          "quality; run generate inside nexusquant_evict(model, ...)", stacklevel=4)
+                          "quality, and left-padded prompts would be attended as tokens; run generate inside "
+                          "nexusquant_evict(model, ...)", stacklevel=4)
 
     def _awaits_queries(self, layer: int) -> bool:
         return self.scores == "queries" and self._evicting[layer] and _ACTIVE.get() is self
@@ -812,8 +872,18 @@ def _remove_tap(impl: str):
 # ---------------------------------------------------------------------------- context manager
 
 
-def _has_padding(attention_mask) -> bool:
-    return torch.is_tensor(attention_mask) and attention_mask.ndim == 2 and not bool(attention_mask.all())
+def _left_pads(attention_mask) -> Optional[list]:
+    """Leading padding tokens of each row of a 2D attention mask (None without padding)."""
+    if not torch.is_tensor(attention_mask) or attention_mask.ndim != 2 or bool(attention_mask.all()):
+        return None
+    m = attention_mask.bool()
+    pads = (~m).sum(-1)
+    # left padding: each row is zeros, then ones
+    left = torch.arange(m.shape[1], device=m.device)[None, :] >= pads[:, None]
+    if not bool((left == m).all()):
+        raise NotImplementedError("nexusquant: only left padding is supported (each attention_mask row must be "
+                                  "zeros followed by ones)")
+    return [int(p) for p in pads.tolist()]
 
 
 class nexusquant_evict:
@@ -894,7 +964,6 @@ class nexusquant_evict:
                     and kwargs.get("cache_implementation") is None:
                 kwargs["past_key_values"] = self.new_cache()
             cache = kwargs.get("past_key_values")
-            self._check_padding(cache, kwargs.get("attention_mask"))
             out = orig_generate(*args, **kwargs)
             if isinstance(cache, NexusQuantCache):
                 self.last_report = cache.memory_report()
@@ -903,24 +972,34 @@ class nexusquant_evict:
         @functools.wraps(orig_forward)
         def forward(*args, **kwargs):
             try:
-                bound = fwd_sig.bind_partial(*args, **kwargs).arguments
+                call = fwd_sig.bind_partial(*args, **kwargs)
             except TypeError:
-                bound = kwargs
+                return orig_forward(*args, **kwargs)
+            bound = call.arguments
             cache = bound.get("past_key_values")
             if cache is None and "past_key_values" in fwd_sig.parameters:
                 use_cache = bound.get("use_cache")
                 if use_cache is None:
                     use_cache = getattr(model.config, "use_cache", False) and not model.training
                 if use_cache:
-                    cache = kwargs["past_key_values"] = self.new_cache()
+                    cache = bound["past_key_values"] = self.new_cache()
             if not isinstance(cache, NexusQuantCache):
-                return orig_forward(*args, **kwargs)
-            self._check_padding(cache, bound.get("attention_mask"))
+                return orig_forward(*call.args, **call.kwargs)
+            mask = bound.get("attention_mask")
+            if cache.get_seq_length() == 0:
+                # the prefill attends with the caller's mask; the cache stores only the
+                # real tokens of left-padded prompts
+                cache._prefill_pads = _left_pads(mask)
+            elif cache.ragged and "attention_mask" in fwd_sig.parameters:
+                x = bound.get("input_ids")
+                x = x if x is not None else bound.get("inputs_embeds")
+                bound["attention_mask"] = cache.attention_mask_for(x.shape[0], x.shape[1], x.device)
             token = _ACTIVE.set(cache)
             try:
-                return orig_forward(*args, **kwargs)
+                return orig_forward(*call.args, **call.kwargs)
             finally:
                 _ACTIVE.reset(token)
+                cache._prefill_pads = None
                 cache._finish_pending()
 
         impl = getattr(model.config, "_attn_implementation", None) or "eager"
@@ -943,14 +1022,6 @@ class nexusquant_evict:
             self._impl = None
         self._saved = None
         return False
-
-    @staticmethod
-    def _check_padding(cache, attention_mask):
-        if isinstance(cache, NexusQuantCache) and cache.get_seq_length() == 0 and cache.evicts \
-                and _has_padding(attention_mask):
-            raise NotImplementedError(
-                "nexusquant: left-padded batches cannot be evicted (the padding mask would no longer line up "
-                "with the kept keys); use quality='lossless' or evict=0, or run the prompts one at a time")
 
 
 class _Missing:

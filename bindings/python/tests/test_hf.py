@@ -276,22 +276,32 @@ def test_left_padding(model):
     ids = prompt(batch=2, length=120, seed=5)
     mask = torch.ones_like(ids)
     ids[1, :20], mask[1, :20] = 0, 0
-    with nexusquant_evict(model, quality="lossless"):
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
-    assert out.shape == (2, 126)
-    # without eviction, padding stays hidden by the mask: the same first-step logits as a DynamicCache
-    with torch.no_grad():
-        ref = model(ids, attention_mask=mask, past_key_values=DynamicCache(config=model.config))
-        nxt = ref.logits[:, -1:].argmax(-1)
-        mask2 = torch.cat([mask, torch.ones_like(nxt)], 1)
-        ref_step = model(nxt, attention_mask=mask2, past_key_values=ref.past_key_values).logits
-        with nexusquant_evict(model, quality="lossless"):
-            o = model(ids, attention_mask=mask)
-            step = model(nxt, attention_mask=mask2, past_key_values=o.past_key_values).logits
-    assert rel_err(ref_step[1], step[1]) < 0.15
+    for quality in ("lossless", "balanced"):
+        with nexusquant_evict(model, quality=quality, window=4, chunk=4):
+            both = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
+                                  return_dict_in_generate=True, output_scores=True)
+            alone = model.generate(ids[1:, 20:], attention_mask=mask[1:, 20:], max_new_tokens=10, do_sample=False,
+                                   return_dict_in_generate=True, output_scores=True)
+        cache = both.past_key_values
+        layer = cache.layers[0]
+        # the padding is not stored: element 1 holds what it holds when run alone
+        assert layer.pads == [0, 20]
+        assert layer.counts[1] == alone.past_key_values.layers[0].counts[0] < layer.counts[0]
+        assert cache.ragged
+        assert np.array_equal(layer.positions(1, 0)[-3:], alone.past_key_values.layers[0].positions(0, 0)[-3:])
+        # and the same generation, step by step
+        assert torch.equal(both.sequences[1, 20:], alone.sequences[0])
+        for s_both, s_one in zip(both.scores, alone.scores):
+            torch.testing.assert_close(s_both[1], s_one[0], rtol=1e-3, atol=1e-3)
+
+
+def test_right_padding_is_refused(model):
+    ids = prompt(batch=2, length=40, seed=14)
+    mask = torch.ones_like(ids)
+    mask[1, -5:] = 0
     with nexusquant_evict(model, quality="balanced"):
-        with pytest.raises(NotImplementedError, match="left-padded"):
-            model.generate(ids, attention_mask=mask, max_new_tokens=2)
+        with pytest.raises(NotImplementedError, match="left padding"):
+            model(ids, attention_mask=mask)
 
 
 def test_beam_search_and_sampling_copies(model):
