@@ -4,12 +4,12 @@
 
     with nexusquant_evict(model, quality="balanced") as nq:
         out = model.generate(input_ids, max_new_tokens=200)
-    print(nq.last_cache.memory_report())
+    print(nq.last_report)        # the cache's memory_report() when generate returned
 
 What happens
 ------------
 `NexusQuantCache` is a transformers `Cache`. Each attention layer keeps, per batch
-element, a library `Sequence` (real compressed blocks) plus a small full-precision
+element, library `Sequence`s (real compressed blocks) plus a small full-precision
 window of recent tokens:
 
 * The prefill pass of a layer attends over its exact keys and values (compression after
@@ -17,6 +17,11 @@ window of recent tokens:
   (post-RoPE, ``[batch, kv_heads, T, head_dim]``) are compressed per batch element into
   one block (eviction, RoPE removal, Hadamard, E8 quantisation) and the tensors are
   dropped: the memory the cache holds really shrinks.
+* Eviction ranks the prefill's tokens by the attention its last 32 queries pay them
+  (the library's observation-window score). The queries are taken from the model's
+  attention function, which `nexusquant_evict` routes through a tap; a cache used
+  outside the manager falls back to the key-norm proxy (and warns: on SmolLM2 it
+  costs several times more perplexity).
 * Tokens processed after the prefill (generated tokens, or the prompt of a second turn
   on a reused cache) stay at full precision in the window. When the window holds
   ``window + chunk`` tokens, the oldest ones (a multiple of ``chunk``) are appended to
@@ -49,6 +54,23 @@ replaces the model's 2D attention mask by `NexusQuantCache.attention_mask_for`, 
 hides those slots. Right padding is refused. A cache used outside the manager cannot
 see the mask: there the padding tokens are stored as tokens, which is exact only
 without eviction (the model's own mask still lines up with them).
+
+Measuring
+---------
+`NexusQuantCache.memory_report()` counts the cache and nothing else. Two common
+measurements do not measure the compression:
+
+* ``torch.cuda.memory_allocated()`` after ``model(ids, use_cache=True)`` minus before
+  counts everything that forward left alive besides the cache, above all the returned
+  logits (``[batch, T, vocab]`` in the model's dtype: 1k tokens of a 32k vocabulary are
+  62.5 MiB in bf16, half of Mistral-7B's whole fp16 KV cache at that length), and it
+  misses what the library allocates outside torch (host blocks; device blocks come
+  from cudaMalloc, not from torch's allocator). The "ratio" it gives mostly compares
+  two logits tensors.
+* ``model(ids, labels=ids).loss`` scores the prefill pass, which attends over exact
+  keys and values; the compressed cache is only read by tokens processed after the
+  prefill, so this loss is identical with and without compression. Measure the loss of
+  a continuation fed after the compressed prefix instead.
 """
 from __future__ import annotations
 
@@ -761,7 +783,9 @@ class NexusQuantCache(Cache):
         """What the cache really holds, in bytes.
 
         compressed_bytes        every byte of the library blocks (resident form: header,
-                                positions, scales, codes, fp16 sinks/window, padding)
+                                positions, scales, codes, fp16 sinks/window, padding);
+                                blocks shared by duplicated beams count once; the
+                                handles (a few hundred bytes per sequence) do not count
         window_bytes            the full-precision tensors held (the recent window, and
                                 any uncompressed layer)
         total_bytes             compressed_bytes + window_bytes
@@ -769,11 +793,15 @@ class NexusQuantCache(Cache):
                                 (2 x layers x batch x kv_heads x head_dim x tokens x 2)
         dynamic_cache_bytes     the same in the model's own dtype (fp32 models: twice that)
         ratio                   fp16_equivalent_bytes / total_bytes
+        tokens_seen             tokens that went through the model (padding included)
+        tokens_attended         keys the attention gets per head (kept + window)
+        transfer                see `transfer`
 
         This counts the cache and nothing else. Measuring it as the difference of
         torch.cuda.memory_allocated() before and after a forward also counts what that
-        forward left allocated besides the cache (the logits, [batch, T, vocab], are
-        returned with it), and misses memory the library allocates outside torch.
+        forward left alive besides the cache (the logits, [batch, T, vocab], are
+        returned with it) and misses memory the library allocates outside torch (see
+        the module docstring, "Measuring").
         """
         comp = win = fp16 = native = 0
         tokens = kept = 0
