@@ -53,6 +53,28 @@
  * bytes (unless the caller provides the block buffer), and scratch when the caller
  * passes no workspace. nq_workspace_size() and nq_compress_bound() let a caller own all
  * of it.
+ *
+ * GPU backends
+ * ------------
+ * A library built with NQ_CUDA (or NQ_HIP) compresses and decodes K/V in device memory
+ * (nq_kv_desc.memory = NQ_MEMORY_CUDA) on the GPU; config.backend AUTO picks the GPU
+ * for device pointers and the CPU for host pointers. GPU blocks live in device memory
+ * (nq_block_info.memory) and hold the same bytes the CPU backend writes; nq_block_copy
+ * moves blocks between host and device. Everything is enqueued on the caller's stream:
+ * - nq_compress_batch: one launch for all items (ragged lengths, strided or paged);
+ *   `workspace` and `dst` are device memory; scores GIVEN may be host or device memory,
+ *   QUERIES device memory. Page tables and positions stay host arrays (the library
+ *   carries them to the device in kernel parameters, which graphs capture by value).
+ * - Without a workspace (nq_compress_kv, sequences) device scratch comes from the
+ *   allocator and is released once the work is enqueued: an allocator's free must not
+ *   hand that memory to other work before the stream has passed it (cudaFree waits).
+ *   The default allocator uses cudaMalloc/cudaFree.
+ * - RoPE tables (float64, rounded once, as on the CPU) are built on the host and copied
+ *   to the device once per context and device, growing with the largest position seen;
+ *   that first call waits for its copy on a private stream. Make one call before
+ *   capturing a stream into a graph. Dynamic NTK scaling is CPU-only for now.
+ * - Invalid values (inf/nan) cannot fail a call that has already been enqueued: the CPU
+ *   backend rejects them, the GPU stores such a vector with a NaN scale.
  */
 #ifndef NEXUSQUANT_H
 #define NEXUSQUANT_H

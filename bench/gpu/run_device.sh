@@ -54,6 +54,10 @@ echo "tests: rc=$tests_rc, $((SECONDS - t0)) s"
 t0=$SECONDS
 timeout 240 $b/bench/gpu/bench_cuda --reps ${NQ_BENCH_REPS:-10} > "$out/bench.log" 2>&1
 echo "bench: rc=$?, $((SECONDS - t0)) s"
+if [ "${NQ_BENCH_TWICE:-0}" = 1 ]; then  # the same build timed again: the run-to-run spread
+  timeout 240 $b/bench/gpu/bench_cuda --reps ${NQ_BENCH_REPS:-10} > "$out/bench2.log" 2>&1
+  nvidia-smi -q -d CLOCK > "$out/clocks.txt" 2>&1
+fi
 t0=$SECONDS
 timeout ${NQ_SAN_TIMEOUT:-200} compute-sanitizer --tool memcheck --error-exitcode 3 $b/tests/gpu/nq_gpu_tests \
   --gtest_filter='GpuEquivalenceExtra.*:GpuBatch.*:GpuArchive.*:GpuErrors.*:*lossless_f16_*:*max_bf16_paged*:*balanced_f32_strided*' \
@@ -81,4 +85,5 @@ if [ -f "$out/ncu.txt" ]; then
 fi
 [ -f "$out/sass-histogram.txt" ] && { echo "==== sass"; cat "$out/sass-histogram.txt"; }
 echo "==== bench"
-tail -12 "$out/bench.log"
+tail -10 "$out/bench.log"
+[ -f "$out/bench2.log" ] && { echo "==== bench, second time"; tail -7 "$out/bench2.log"; grep -A3 -E "^    Clocks$|Max Clocks" "$out/clocks.txt" | head -10; }
