@@ -217,6 +217,7 @@ __device__ __forceinline__ void fwht_lanes(float (&x)[E], uint32_t n, uint32_t g
     }
     for (uint32_t h = E; h < n; h <<= 1) {
         const uint32_t lm = h / E;
+#if defined(NQ_FWHT_SIGNFLIP)
         // lower lane: x + p; upper lane: p - x, computed as p + (-x) (the same IEEE result)
         const uint32_t flip = (gl & lm) ? 0x80000000u : 0u;
 #pragma unroll
@@ -224,6 +225,14 @@ __device__ __forceinline__ void fwht_lanes(float (&x)[E], uint32_t n, uint32_t g
             float p = __shfl_xor_sync(mask, x[e], (int)lm);
             x[e] = __uint_as_float(__float_as_uint(x[e]) ^ flip) + p;
         }
+#else
+        const bool upper = (gl & lm) != 0;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            float p = __shfl_xor_sync(mask, x[e], (int)lm);
+            x[e] = upper ? p - x[e] : x[e] + p;
+        }
+#endif
     }
 }
 

@@ -54,6 +54,17 @@ echo "tests: rc=$tests_rc, $((SECONDS - t0)) s"
 t0=$SECONDS
 timeout 240 $b/bench/gpu/bench_cuda --reps ${NQ_BENCH_REPS:-10} > "$out/bench.log" 2>&1
 echo "bench: rc=$?, $((SECONDS - t0)) s"
+# A/B: the same sources built again with extra CUDA flags, timed in this run.
+if [ -n "${NQ_AB_FLAGS:-}" ]; then
+  b2=/tmp/nq-build-b
+  cmake -S "$src" -B $b2 -DNQ_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DNQ_BUILD_TOOLS=OFF -DNQ_GPU_SIM_TESTS=OFF \
+    -DCMAKE_CUDA_FLAGS="$NQ_AB_FLAGS" "${extra[@]}" > "$out/configure-b.log" 2>&1 &&
+    cmake --build $b2 -j16 --target bench_cuda > "$out/build-b.log" 2>&1 &&
+    for sh in 1 3 1 3; do
+      echo "A $sh: $($b/bench/gpu/bench_cuda --reps 10 --shape $sh | tail -1)"
+      echo "B $sh: $($b2/bench/gpu/bench_cuda --reps 10 --shape $sh | tail -1)"
+    done > "$out/ab.log" 2>&1
+fi
 if [ "${NQ_BENCH_TWICE:-0}" = 1 ]; then  # the same build timed again: the run-to-run spread
   timeout 240 $b/bench/gpu/bench_cuda --reps ${NQ_BENCH_REPS:-10} > "$out/bench2.log" 2>&1
   nvidia-smi -q -d CLOCK > "$out/clocks.txt" 2>&1
@@ -84,6 +95,7 @@ if [ -f "$out/ncu.txt" ]; then
   grep -E "^  [a-z_]+.*\(|encode_kernel|decode_kernel|Throughput|Achieved Occupancy|Issue Slots Busy|Executed Ipc A|Warp Cycles Per Issued|No Eligible|Registers Per|Theoretical Occ|Block Limit Reg" "$out/ncu.txt" | grep -v "^    ---" | head -40
 fi
 [ -f "$out/sass-histogram.txt" ] && { echo "==== sass"; cat "$out/sass-histogram.txt"; }
+[ -f "$out/ab.log" ] && { echo "==== A/B (B: $NQ_AB_FLAGS)"; cut -c1-150 "$out/ab.log"; }
 echo "==== bench"
 tail -10 "$out/bench.log"
 [ -f "$out/bench2.log" ] && { echo "==== bench, second time"; tail -7 "$out/bench2.log"; grep -A3 -E "^    Clocks$|Max Clocks" "$out/clocks.txt" | head -10; }
