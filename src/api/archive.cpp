@@ -8,6 +8,7 @@
 #include <zstd.h>
 
 #include "../backend.h"
+#include "fp_env.h"
 
 namespace nq {
 namespace {
@@ -164,6 +165,7 @@ extern "C" NQ_API nq_status nq_block_serialize(nq_context *ctx, const nq_block *
 
 extern "C" NQ_API nq_status nq_block_deserialize(nq_context *ctx, const void *src_v, size_t len, nq_block **out) {
     clear_error();
+    DefaultFpEnv fp_env;  // results independent of the caller's MXCSR
     if (!out) return fail(NQ_ERR_INVALID_ARGUMENT, "out is NULL");
     *out = nullptr;
     if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");

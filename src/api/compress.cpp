@@ -7,6 +7,7 @@
 
 #include "../backend.h"
 #include "../core/hadamard.h"
+#include "fp_env.h"
 
 namespace nq {
 namespace {
@@ -376,6 +377,7 @@ using namespace nq;
 
 extern "C" NQ_API nq_status nq_compress_bound(const nq_context *ctx, const nq_kv_desc *kv_in, size_t *bytes) {
     clear_error();
+    DefaultFpEnv fp_env;  // results independent of the caller's MXCSR
     if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
     if (!kv_in) return fail(NQ_ERR_INVALID_ARGUMENT, "kv is NULL");
     if (!bytes) return fail(NQ_ERR_INVALID_ARGUMENT, "bytes is NULL");
@@ -414,6 +416,7 @@ extern "C" NQ_API nq_status nq_workspace_size(const nq_context *ctx, const nq_kv
 extern "C" NQ_API nq_status nq_compress_kv(nq_context *ctx, const nq_kv_desc *kv, const nq_score_desc *scores,
                                            void *stream, nq_block **out) {
     clear_error();
+    DefaultFpEnv fp_env;  // results independent of the caller's MXCSR
     if (!out) return fail(NQ_ERR_INVALID_ARGUMENT, "out is NULL");
     *out = nullptr;
     if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
@@ -424,6 +427,7 @@ extern "C" NQ_API nq_status nq_compress_batch(nq_context *ctx, const nq_kv_desc 
                                               size_t n, const nq_buffer *dst, void *workspace, size_t workspace_bytes,
                                               void *stream, nq_block **out, nq_status *item_status) {
     clear_error();
+    DefaultFpEnv fp_env;  // results independent of the caller's MXCSR
     if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
     if (!out) return fail(NQ_ERR_INVALID_ARGUMENT, "out is NULL");
     if (n && !items) return fail(NQ_ERR_INVALID_ARGUMENT, "items is NULL");
@@ -467,6 +471,7 @@ extern "C" NQ_API nq_status nq_compress_batch(nq_context *ctx, const nq_kv_desc 
 extern "C" NQ_API nq_status nq_estimate_bytes(const nq_context *ctx, uint32_t layers, uint64_t tokens,
                                               uint64_t *bytes) {
     clear_error();
+    DefaultFpEnv fp_env;  // results independent of the caller's MXCSR
     if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
     if (!bytes) return fail(NQ_ERR_INVALID_ARGUMENT, "bytes is NULL");
     if (tokens == 0 || tokens > 0xffffffffull)

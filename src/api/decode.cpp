@@ -1,5 +1,6 @@
 // Decoding a block or a token range of it into the engine's layout.
 #include "../backend.h"
+#include "fp_env.h"
 
 namespace nq {
 
@@ -49,5 +50,6 @@ nq_status decode_range(nq_context *ctx, const nq_block *blk, uint32_t begin, uin
 extern "C" NQ_API nq_status nq_decode(nq_context *ctx, const nq_block *blk, uint32_t begin, uint32_t end,
                                       const nq_kv_desc *out, void *stream) {
     nq::clear_error();
+    nq::DefaultFpEnv fp_env;  // results independent of the caller's MXCSR
     return nq::decode_range(ctx, blk, begin, end, out, stream);
 }

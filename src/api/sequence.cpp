@@ -3,6 +3,7 @@
 #include <new>
 
 #include "../backend.h"
+#include "fp_env.h"
 
 namespace nq {
 nq_status compress_chunk(nq_context *ctx, const nq_kv_desc *kv, const nq_score_desc *sc, void *stream,
@@ -93,6 +94,7 @@ extern "C" NQ_API void nq_sequence_free(nq_sequence *s) {
 extern "C" NQ_API nq_status nq_sequence_append(nq_sequence *s, const nq_kv_desc *kv_in, const nq_score_desc *sc,
                                                void *stream) {
     clear_error();
+    DefaultFpEnv fp_env;  // results independent of the caller's MXCSR
     if (!s) return fail(NQ_ERR_INVALID_ARGUMENT, "seq is NULL");
     if (!kv_in) return fail(NQ_ERR_INVALID_ARGUMENT, "kv is NULL");
     nq_kv_desc kv;
@@ -173,6 +175,7 @@ template <class F> nq_status for_range(const nq_sequence *s, uint32_t begin, uin
 extern "C" NQ_API nq_status nq_sequence_decode(nq_sequence *s, uint32_t begin, uint32_t end, const nq_kv_desc *out_in,
                                                void *stream) {
     clear_error();
+    DefaultFpEnv fp_env;  // results independent of the caller's MXCSR
     if (!s) return fail(NQ_ERR_INVALID_ARGUMENT, "seq is NULL");
     if (!out_in) return fail(NQ_ERR_INVALID_ARGUMENT, "out is NULL");
     nq_kv_desc out;
