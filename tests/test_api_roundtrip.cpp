@@ -346,122 +346,137 @@ TEST(RoundTrip, BatchWithAFailingItem) {
 // A sequence grows by chunks; decoding any token range across blocks gives exactly the
 // per-block decodes, and positions run on across blocks.
 TEST(RoundTrip, SequenceAppendAndRangeDecode) {
-    const uint32_t H = 2, D = 64;
-    nq_config c;
-    nq_config_init(&c);  // lossless, RoPE removal with the default theta
-    c.num_kv_heads = H;
-    c.head_dim = D;
-    Ctx ctx = make_ctx(c);
-    nq_sequence *sp = nullptr;
-    ASSERT_EQ(nq_sequence_create(ctx.get(), 3, &sp), NQ_OK);
-    Seq seq(sp);
-    const std::vector<uint32_t> chunks = {80, 1, 5, 16, 1, 9};
-    std::vector<Values> Ks, Vs;
-    int64_t next = 0;
-    uint64_t kept_total = 0, bytes_total = 0, orig_total = 0;
-    double sig = 0, err = 0;
-    for (uint32_t T : chunks) {
-        Tensor kt(NQ_DTYPE_F16, Layout::THD, H, T, D), vt(NQ_DTYPE_F16, Layout::THD, H, T, D);
-        Ks.push_back(random_values(H, T, D));
-        Vs.push_back(random_values(H, T, D));
-        store(kt, Ks.back());
-        store(vt, Vs.back());
-        nq_kv_desc kv = kv_desc(kt, vt, T);
-        kv.start_position = next;
-        kv.layer = 7;  // ignored: the sequence's layer is used
-        ASSERT_EQ(nq_sequence_append(seq.get(), &kv, nullptr, nullptr), NQ_OK) << nq_last_error();
-        next += T;
-    }
-    ASSERT_EQ(nq_sequence_num_blocks(seq.get()), chunks.size());
-    EXPECT_EQ(nq_sequence_block(seq.get(), chunks.size()), nullptr);
-    std::vector<Decoded> parts;
-    std::vector<std::vector<int64_t>> pos_concat(H);
-    for (size_t i = 0; i < chunks.size(); ++i) {
-        const nq_block *b = nq_sequence_block(seq.get(), i);
-        ASSERT_NE(b, nullptr);
-        nq_block_info info = info_of(b);
-        EXPECT_EQ(info.layer, 3u);
-        EXPECT_EQ(info.tokens_in, chunks[i]);
-        EXPECT_EQ(info.tokens_kept, chunks[i]);
-        EXPECT_EQ(info.fp16_window, i == 0 ? 32u : 0u) << "later chunks carry no fp16 window";
-        kept_total += info.tokens_kept;
-        bytes_total += info.resident_bytes;
-        orig_total += info.original_bytes;
-        parts.push_back(decode_all(ctx.get(), b));
-        for (uint32_t h = 0; h < H; ++h) {
-            auto p = positions_of(b, h);
-            pos_concat[h].insert(pos_concat[h].end(), p.begin(), p.end());
+    for (nq_preset preset : {NQ_PRESET_LOSSLESS, NQ_PRESET_HIGH}) {
+        SCOPED_TRACE(nq_preset_name(preset));
+        const uint32_t H = 2, D = 64;
+        nq_config c;
+        nq_config_init(&c);  // RoPE removal with the default theta
+        c.preset = preset;
+        c.num_kv_heads = H;
+        c.head_dim = D;
+        Ctx ctx = make_ctx(c);
+        nq_sequence *sp = nullptr;
+        ASSERT_EQ(nq_sequence_create(ctx.get(), 3, &sp), NQ_OK);
+        Seq seq(sp);
+        const std::vector<uint32_t> chunks = {80, 1, 5, 16, 1, 9};
+        std::vector<Values> Ks, Vs;
+        std::vector<int64_t> starts;
+        int64_t next = 0;
+        uint64_t kept_total = 0, bytes_total = 0, orig_total = 0;
+        double sig = 0, err = 0;
+        for (uint32_t T : chunks) {
+            Tensor kt(NQ_DTYPE_F16, Layout::THD, H, T, D), vt(NQ_DTYPE_F16, Layout::THD, H, T, D);
+            Ks.push_back(random_values(H, T, D));
+            Vs.push_back(random_values(H, T, D));
+            store(kt, Ks.back());
+            store(vt, Vs.back());
+            nq_kv_desc kv = kv_desc(kt, vt, T);
+            kv.start_position = next;
+            starts.push_back(next);
+            kv.layer = 7;  // ignored: the sequence's layer is used
+            ASSERT_EQ(nq_sequence_append(seq.get(), &kv, nullptr, nullptr), NQ_OK) << nq_last_error();
+            next += T;
         }
-        // errors of the coded rows, summed over the chunks
-        for (uint32_t h = 0; h < H; ++h)
-            for (uint32_t j = info.fp16_sinks; j + info.fp16_window < info.tokens_kept; ++j)
-                for (uint32_t d = 0; d < D; ++d) {
-                    const double a = Ks[i].at(h, j, d), e = a - parts.back().k.at(h, j, d);
-                    sig += a * a;
-                    err += e * e;
-                }
-    }
-    EXPECT_GE(10 * std::log10(sig / err), e8_snr_floor(3) - 0.3);
-    uint64_t t = 0, by = 0, o = 0;
-    ASSERT_EQ(nq_sequence_totals(seq.get(), &t, &by, &o), NQ_OK);
-    EXPECT_EQ(t, kept_total);
-    EXPECT_EQ(by, bytes_total);
-    EXPECT_EQ(o, orig_total);
-    // Rows of the whole sequence, in order.
-    std::vector<const Decoded *> owner;
-    std::vector<uint32_t> row;
-    for (size_t i = 0; i < parts.size(); ++i)
-        for (uint32_t j = 0; j < parts[i].k.T; ++j) {
-            owner.push_back(&parts[i]);
-            row.push_back(j);
+        ASSERT_EQ(nq_sequence_num_blocks(seq.get()), chunks.size());
+        EXPECT_EQ(nq_sequence_block(seq.get(), chunks.size()), nullptr);
+        std::vector<Decoded> parts;
+        std::vector<std::vector<int64_t>> pos_concat(H);
+        for (size_t i = 0; i < chunks.size(); ++i) {
+            const nq_block *b = nq_sequence_block(seq.get(), i);
+            ASSERT_NE(b, nullptr);
+            nq_block_info info = info_of(b);
+            EXPECT_EQ(info.layer, 3u);
+            EXPECT_EQ(info.tokens_in, chunks[i]);
+            // floor(0.42 * 80) evicted from the prefill only
+            const uint32_t kept = i == 0 && preset == NQ_PRESET_HIGH ? 80u - 33u : chunks[i];
+            EXPECT_EQ(info.tokens_kept, kept);
+            EXPECT_EQ(info.fp16_window, i == 0 ? 32u : 0u) << "later chunks carry no fp16 window";
+            kept_total += info.tokens_kept;
+            bytes_total += info.resident_bytes;
+            orig_total += info.original_bytes;
+            parts.push_back(decode_all(ctx.get(), b));
+            for (uint32_t h = 0; h < H; ++h) {
+                auto p = positions_of(b, h);
+                pos_concat[h].insert(pos_concat[h].end(), p.begin(), p.end());
+            }
+            // errors of the coded rows, summed over the chunks
+            for (uint32_t h = 0; h < H; ++h) {
+                const std::vector<int64_t> p = positions_of(b, h);
+                for (uint32_t j = info.fp16_sinks; j + info.fp16_window < info.tokens_kept; ++j)
+                    for (uint32_t d = 0; d < D; ++d) {
+                        const double a = Ks[i].at(h, (uint32_t)(p[j] - starts[i]), d);
+                        const double e = a - parts.back().k.at(h, j, d);
+                        sig += a * a;
+                        err += e * e;
+                    }
+            }
         }
-    const uint32_t total = (uint32_t)row.size();
-    std::vector<std::pair<uint32_t, uint32_t>> ranges = {{0, total}, {79, 81},       {80, 81},           {81, 86},
-                                                         {0, 0},     {total, total}, {total - 1, total}, {85, 103}};
-    for (int i = 0; i < 25; ++i) {
-        uint32_t a = below(total + 1), e = below(total + 1);
-        ranges.push_back({std::min(a, e), std::max(a, e)});
-    }
-    for (auto r : ranges) {
-        const uint32_t n = r.second - r.first;
-        Tensor ko(NQ_DTYPE_F32, Layout::HTD, H, std::max(n, 1u), D),
-            vo(NQ_DTYPE_F32, Layout::HTD, H, std::max(n, 1u), D);
-        nq_kv_desc out = kv_desc(ko, vo, n);
-        ASSERT_EQ(nq_sequence_decode(seq.get(), r.first, r.second, &out, nullptr), NQ_OK)
-            << r.first << ".." << r.second << ": " << nq_last_error();
-        for (uint32_t h = 0; h < H; ++h)
-            for (uint32_t j = 0; j < n; ++j)
-                for (uint32_t d = 0; d < D; ++d) {
-                    const uint32_t g = r.first + j;
-                    ASSERT_EQ(ko.get(h, j, d), owner[g]->k.at(h, row[g], d)) << r.first << ".." << r.second << " " << j;
-                    ASSERT_EQ(vo.get(h, j, d), owner[g]->v.at(h, row[g], d)) << r.first << ".." << r.second << " " << j;
-                }
-        EXPECT_TRUE(ko.only_addressed_written());
-        std::vector<int64_t> p(n + 1, -1);
-        ASSERT_EQ(nq_sequence_positions(seq.get(), 1, r.first, r.second, p.data()), NQ_OK);
-        for (uint32_t j = 0; j < n; ++j) EXPECT_EQ(p[j], pos_concat[1][r.first + j]);
-    }
-    EXPECT_EQ(nq_sequence_decode(seq.get(), 0, total + 1, nullptr, nullptr), NQ_ERR_INVALID_ARGUMENT);
+        EXPECT_GE(10 * std::log10(sig / err), e8_snr_floor(3) - 0.3);
+        uint64_t t = 0, by = 0, o = 0;
+        ASSERT_EQ(nq_sequence_totals(seq.get(), &t, &by, &o), NQ_OK);
+        EXPECT_EQ(t, kept_total);
+        EXPECT_EQ(by, bytes_total);
+        EXPECT_EQ(o, orig_total);
+        // Rows of the whole sequence, in order.
+        std::vector<const Decoded *> owner;
+        std::vector<uint32_t> row;
+        for (size_t i = 0; i < parts.size(); ++i)
+            for (uint32_t j = 0; j < parts[i].k.T; ++j) {
+                owner.push_back(&parts[i]);
+                row.push_back(j);
+            }
+        const uint32_t total = (uint32_t)row.size();
+        const uint32_t k0 = parts[0].k.T;  // the prefill block's rows
+        std::vector<std::pair<uint32_t, uint32_t>> ranges = {
+            {0, total}, {k0 - 1, k0 + 1}, {k0, k0 + 1}, {k0 + 1, k0 + 6}, {0, 0}, {total, total}, {total - 1, total},
+            {k0 + 5, total}};
+        for (int i = 0; i < 25; ++i) {
+            uint32_t a = below(total + 1), e = below(total + 1);
+            ranges.push_back({std::min(a, e), std::max(a, e)});
+        }
+        for (auto r : ranges) {
+            const uint32_t n = r.second - r.first;
+            Tensor ko(NQ_DTYPE_F32, Layout::HTD, H, std::max(n, 1u), D),
+                vo(NQ_DTYPE_F32, Layout::HTD, H, std::max(n, 1u), D);
+            nq_kv_desc out = kv_desc(ko, vo, n);
+            ASSERT_EQ(nq_sequence_decode(seq.get(), r.first, r.second, &out, nullptr), NQ_OK)
+                << r.first << ".." << r.second << ": " << nq_last_error();
+            for (uint32_t h = 0; h < H; ++h)
+                for (uint32_t j = 0; j < n; ++j)
+                    for (uint32_t d = 0; d < D; ++d) {
+                        const uint32_t g = r.first + j;
+                        ASSERT_EQ(ko.get(h, j, d), owner[g]->k.at(h, row[g], d))
+                            << r.first << ".." << r.second << " " << j;
+                        ASSERT_EQ(vo.get(h, j, d), owner[g]->v.at(h, row[g], d))
+                            << r.first << ".." << r.second << " " << j;
+                    }
+            EXPECT_TRUE(ko.only_addressed_written());
+            std::vector<int64_t> p(n + 1, -1);
+            ASSERT_EQ(nq_sequence_positions(seq.get(), 1, r.first, r.second, p.data()), NQ_OK);
+            for (uint32_t j = 0; j < n; ++j) EXPECT_EQ(p[j], pos_concat[1][r.first + j]);
+        }
+        EXPECT_EQ(nq_sequence_decode(seq.get(), 0, total + 1, nullptr, nullptr), NQ_ERR_INVALID_ARGUMENT);
 
-    // Positions must continue after the last one.
-    Tensor kt(NQ_DTYPE_F16, Layout::HTD, H, 4, D), vt(NQ_DTYPE_F16, Layout::HTD, H, 4, D);
-    Values K = random_values(H, 4, D), V = random_values(H, 4, D);
-    store(kt, K);
-    store(vt, V);
-    nq_kv_desc kv = kv_desc(kt, vt, 4);
-    kv.start_position = next - 1;
-    EXPECT_EQ(nq_sequence_append(seq.get(), &kv, nullptr, nullptr), NQ_ERR_INVALID_ARGUMENT);
-    EXPECT_EQ(nq_sequence_num_blocks(seq.get()), chunks.size());
-    // An existing block joins the sequence (which then owns it).
-    kv.start_position = next + 10;
-    nq_block *extra = nullptr;
-    ASSERT_EQ(nq_compress_kv(ctx.get(), &kv, nullptr, nullptr, &extra), NQ_OK);
-    ASSERT_EQ(nq_sequence_append_block(seq.get(), extra), NQ_OK) << nq_last_error();
-    EXPECT_EQ(nq_sequence_num_blocks(seq.get()), chunks.size() + 1);
-    std::vector<int64_t> p(4);
-    ASSERT_EQ(nq_sequence_positions(seq.get(), 0, total, total + 4, p.data()), NQ_OK);
-    EXPECT_EQ(p[0], next + 10);
-    EXPECT_EQ(p[3], next + 13);
+        // Positions must continue after the last one.
+        Tensor kt(NQ_DTYPE_F16, Layout::HTD, H, 4, D), vt(NQ_DTYPE_F16, Layout::HTD, H, 4, D);
+        Values K = random_values(H, 4, D), V = random_values(H, 4, D);
+        store(kt, K);
+        store(vt, V);
+        nq_kv_desc kv = kv_desc(kt, vt, 4);
+        kv.start_position = next - 1;
+        EXPECT_EQ(nq_sequence_append(seq.get(), &kv, nullptr, nullptr), NQ_ERR_INVALID_ARGUMENT);
+        EXPECT_EQ(nq_sequence_num_blocks(seq.get()), chunks.size());
+        // An existing block joins the sequence (which then owns it).
+        kv.start_position = next + 10;
+        nq_block *extra = nullptr;
+        ASSERT_EQ(nq_compress_kv(ctx.get(), &kv, nullptr, nullptr, &extra), NQ_OK);
+        ASSERT_EQ(nq_sequence_append_block(seq.get(), extra), NQ_OK) << nq_last_error();
+        EXPECT_EQ(nq_sequence_num_blocks(seq.get()), chunks.size() + 1);
+        std::vector<int64_t> p(4);
+        ASSERT_EQ(nq_sequence_positions(seq.get(), 0, total, total + 4, p.data()), NQ_OK);
+        EXPECT_EQ(p[0], next + 10);
+        EXPECT_EQ(p[3], next + 13);
+    }
 }
 
 // GQA: num_q_heads = 1x, 3x, 4x the KV heads, eviction by the attention of the last
@@ -636,4 +651,83 @@ TEST(RoundTrip, ZeroTinyAndLargeVectors) {
     EXPECT_EQ(nq_compress_kv(ctx.get(), &kv, nullptr, nullptr, &bad), NQ_ERR_INVALID_ARGUMENT);
     EXPECT_EQ(bad, nullptr);
     EXPECT_NE(std::string(nq_last_error()).find("kv.k"), std::string::npos) << nq_last_error();
+}
+
+// A sequence decodes into a paged cache when its blocks end on page boundaries (and
+// says so when they do not).
+TEST(RoundTrip, SequenceDecodeIntoPagedLayout) {
+    const uint32_t H = 2, D = 32, P = 16;
+    Ctx ctx = make_ctx(plain_config(H, D, 4, 4));
+    for (bool aligned : {true, false}) {
+        const std::vector<uint32_t> chunks = aligned ? std::vector<uint32_t>{32, 16, 48, 7}
+                                                     : std::vector<uint32_t>{20, 16};
+        nq_sequence *sp = nullptr;
+        ASSERT_EQ(nq_sequence_create(ctx.get(), 0, &sp), NQ_OK);
+        Seq seq(sp);
+        std::vector<Decoded> parts;
+        int64_t next = 0;
+        for (uint32_t T : chunks) {
+            Tensor kt(NQ_DTYPE_F32, Layout::HTD, H, T, D), vt(NQ_DTYPE_F32, Layout::HTD, H, T, D);
+            Values K = random_values(H, T, D), V = random_values(H, T, D);
+            store(kt, K);
+            store(vt, V);
+            nq_kv_desc kv = kv_desc(kt, vt, T);
+            kv.start_position = next;
+            next += T;
+            ASSERT_EQ(nq_sequence_append(seq.get(), &kv, nullptr, nullptr), NQ_OK) << nq_last_error();
+            parts.push_back(decode_all(ctx.get(), nq_sequence_block(seq.get(), nq_sequence_num_blocks(seq.get()) - 1)));
+        }
+        const uint32_t total = (uint32_t)next;
+        Tensor ko(NQ_DTYPE_F16, Layout::PagedNHD, H, total, D, P), vo(NQ_DTYPE_F16, Layout::PagedHND, H, total, D, P);
+        nq_kv_desc out = kv_desc(ko, vo, total);
+        nq_status st = nq_sequence_decode(seq.get(), 0, total, &out, nullptr);
+        if (!aligned) {
+            EXPECT_EQ(st, NQ_ERR_UNSUPPORTED);
+            EXPECT_NE(std::string(nq_last_error()).find("page"), std::string::npos) << nq_last_error();
+            continue;
+        }
+        ASSERT_EQ(st, NQ_OK) << nq_last_error();
+        uint32_t g = 0;
+        for (const Decoded &part : parts)
+            for (uint32_t j = 0; j < part.k.T; ++j, ++g)
+                for (uint32_t h = 0; h < H; ++h)
+                    for (uint32_t d = 0; d < D; ++d) {
+                        ASSERT_EQ(ko.get(h, g, d), ref_round_f16(part.k.at(h, j, d))) << "token " << g;
+                        ASSERT_EQ(vo.get(h, g, d), ref_round_f16(part.v.at(h, j, d))) << "token " << g;
+                    }
+        EXPECT_TRUE(ko.only_addressed_written());
+        EXPECT_TRUE(vo.only_addressed_written());
+    }
+}
+
+// Copies of a host block, into allocator memory or a caller's buffer, are the same block.
+TEST(RoundTrip, BlockCopyOnTheHost) {
+    const uint32_t H = 2, T = 30, D = 16;
+    Ctx ctx = make_ctx(plain_config(H, D));
+    Tensor kt(NQ_DTYPE_F16, Layout::HTD, H, T, D), vt(NQ_DTYPE_F16, Layout::HTD, H, T, D);
+    Values K = random_values(H, T, D), V = random_values(H, T, D);
+    store(kt, K);
+    store(vt, V);
+    Block b = compress(ctx.get(), kv_desc(kt, vt, T));
+    ASSERT_TRUE(b);
+    const void *data;
+    size_t bytes;
+    ASSERT_EQ(nq_block_data(b.get(), &data, &bytes), NQ_OK);
+    std::vector<uint8_t> mem(bytes + 64);
+    void *dst = mem.data() + (16 - (uintptr_t)mem.data() % 16) % 16;
+    for (void *target : {(void *)nullptr, dst}) {
+        nq_block *c = nullptr;
+        ASSERT_EQ(nq_block_copy(ctx.get(), b.get(), NQ_MEMORY_HOST, 0, target, target ? bytes : 0, nullptr, &c), NQ_OK)
+            << nq_last_error();
+        Block copy(c);
+        EXPECT_EQ(digest_of(copy.get()), digest_of(b.get()));
+        const void *cd;
+        size_t cb;
+        ASSERT_EQ(nq_block_data(copy.get(), &cd, &cb), NQ_OK);
+        if (target) EXPECT_EQ(cd, target);
+        EXPECT_EQ(cb, bytes);
+        Decoded x = decode_all(ctx.get(), b.get()), y = decode_all(ctx.get(), copy.get());
+        EXPECT_EQ(x.k.x, y.k.x);
+        EXPECT_EQ(positions_of(copy.get(), 1), positions_of(b.get(), 1));
+    }
 }
