@@ -30,6 +30,9 @@ template <class Kernel> unsigned grid_for(int device, Kernel kern, uint64_t thre
         int sms = 1, per_sm = 1;
         (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
         (void)cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, (int)kThreads, 0);
+#if defined(NQ_BLOCKS_PER_SM)  // experiments: fewer resident blocks than registers allow
+        if (per_sm > NQ_BLOCKS_PER_SM) per_sm = NQ_BLOCKS_PER_SM;
+#endif
         blocks = (sms < 1 ? 1 : sms) * (per_sm < 1 ? 1 : per_sm);
         if (device >= 0 && device < 16) resident[device].store(blocks, std::memory_order_relaxed);
     }
