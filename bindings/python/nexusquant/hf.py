@@ -99,8 +99,9 @@ from .core import Block, Context, NexusQuantError, RopeSpec, Sequence
 __all__ = ["NexusQuantCache", "NexusQuantLayer", "nexusquant_evict", "rope_spec_from_config", "library_has_cuda"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Model types whose rotary embedding pairs (2i, 2i+1) rather than (i, i + d/2).
-_INTERLEAVED_ROPE = {"gptj", "cohere", "cohere2", "glm", "chatglm"}
+# Model types whose rotary embedding pairs (2i, 2i+1) rather than (i, i + d/2), for when
+# only a config is given (with a model, its modeling file's rotate_half is read).
+_INTERLEAVED_ROPE = {"gptj", "cohere", "cohere2", "glm", "glm4", "ernie4_5", "ernie4_5_moe"}
 _NQ_ERR_BACKEND_UNAVAILABLE = 8
 # Whether evicting caches may hold device blocks (see NexusQuantCache.transfer).
 _DEVICE_EVICTION_OK = False
@@ -143,8 +144,27 @@ def _rope_parameters(c) -> dict:
     return out
 
 
-def rope_spec_from_config(config, mode: str = "remove") -> RopeSpec:
+def _rope_pairing(model, c) -> str:
+    """"interleaved" when the model's rotate_half pairs (2i, 2i+1) (x[..., ::2]), else "split"."""
+    module = sys.modules.get(type(model).__module__) if model is not None else None
+    fn = getattr(module, "rotate_half", None)
+    if fn is not None:
+        try:
+            src = inspect.getsource(fn)
+        except (OSError, TypeError):
+            src = ""
+        if src:
+            return "interleaved" if "::2]" in src.replace(" ", "") else "split"
+    return "interleaved" if getattr(c, "model_type", "") in _INTERLEAVED_ROPE else "split"
+
+
+def rope_spec_from_config(config, mode: str = "remove", model=None) -> RopeSpec:
     """The model's RoPE (theta, scaling, partial rotary, pairing) as a library `RopeSpec`.
+
+    The pairing is read off the model's `rotate_half` when `model` is given (Llama,
+    Mistral, Qwen, GPT-NeoX: split halves; GPT-J, Cohere, GLM: interleaved), else
+    guessed from `model_type`. A wrong pairing or theta does not make the cache wrong
+    (RoPE is removed and re-applied with the same settings), only its codes worse.
 
     Supported `rope_type`s: default, linear, dynamic (NTK), llama3, yarn. Any other type
     (longrope, mrope, yarn with ``truncate=False``, ...) cannot be removed exactly, so
@@ -158,7 +178,9 @@ def rope_spec_from_config(config, mode: str = "remove") -> RopeSpec:
     theta = float(p.get("rope_theta", 10000.0))
     partial = float(p.get("partial_rotary_factor", 1.0) or 1.0)
     rotary = int(shape["head_dim"] * partial)
-    pairing = "interleaved" if getattr(c, "model_type", "") in _INTERLEAVED_ROPE else "split"
+    if "partial_rotary_factor" not in p and getattr(c, "rotary_dim", None):  # GPT-J style configs
+        rotary = int(c.rotary_dim)
+    pairing = _rope_pairing(model, c)
     spec = RopeSpec(mode=mode, pairing=pairing, theta=theta,
                     rotary_dims=0 if rotary == shape["head_dim"] else rotary)
     if mode != "remove":
@@ -644,7 +666,8 @@ class NexusQuantCache(Cache):
             raise ValueError("query_window must be >= 1")
         self.scores, self.query_window = scores, int(query_window)
         self.quality = quality
-        self.rope = rope if rope is not None else rope_spec_from_config(text)
+        model = model_or_config if hasattr(model_or_config, "config") else None
+        self.rope = rope if rope is not None else rope_spec_from_config(text, model=model)
         if num_threads is None:
             num_threads = max(1, torch.get_num_threads())
         if transfer not in ("auto", "host-staging"):

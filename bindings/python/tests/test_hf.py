@@ -85,6 +85,14 @@ def test_rope_spec_scaling(params, expect):
         assert getattr(s, k) == v, k
 
 
+def test_rope_pairing_read_off_the_model(model):
+    assert rope_spec_from_config(model.config, model=model).pairing == "split"
+    from transformers import GPTJConfig, GPTJForCausalLM
+    gptj = GPTJForCausalLM(GPTJConfig(n_layer=1, n_embd=64, n_head=2, rotary_dim=16, vocab_size=64, n_positions=64))
+    spec = rope_spec_from_config(gptj.config, model=gptj)
+    assert spec.pairing == "interleaved" and spec.rotary_dims == 16
+
+
 def test_rope_spec_unknown_type_keeps_rotation():
     c = tiny_config()
     c.rope_parameters = {"rope_type": "longrope", "rope_theta": 10000.0, "factor": 2.0}
