@@ -175,7 +175,9 @@ Input make_input(const EvictCase &s, Layout lay = Layout::HTD, uint32_t page = 1
 TEST(Eviction, GivenScoresPerHeadKeepTheTopK) {
     for (int rep = 0; rep < 40; ++rep) {
         EvictCase s = random_setup(1 + below(4), 20 + below(200), 16);
-        Ctx ctx = make_ctx(config_of(s, NQ_EVICT_PER_HEAD));
+        nq_config c = config_of(s, NQ_EVICT_PER_HEAD);
+        if (rep % 2) c.rope.mode = NQ_ROPE_REMOVE;  // decode rotates each head's rows at their own positions
+        Ctx ctx = make_ctx(c);
         ASSERT_TRUE(ctx);
         Input in = make_input(s, rep % 2 ? Layout::THD : Layout::HTD);
         // scores in a [token][head] array: strides transposed
