@@ -75,6 +75,26 @@ struct EncodeState {
     std::atomic<bool> failed{false};
 };
 
+// Prefetches the rows of the tile two steps after (hd, b) in a task's visiting order
+// (head by head over a super-batch [sb, se), then the next super-batch).
+template <class Fn>
+inline void prefetch_ahead(uint32_t hd, uint32_t b, uint32_t sb, uint32_t se, uint32_t h0, uint32_t h1, uint32_t b1,
+                           uint32_t S, const Fn &prefetch_tile) {
+    for (int step = 0; step < 2; ++step) {
+        if (++b >= se) {
+            b = sb;
+            if (++hd >= h1) {
+                hd = h0;
+                sb = se;
+                if (sb >= b1) return;
+                se = sb + S < b1 ? sb + S : b1;
+                b = sb;
+            }
+        }
+    }
+    prefetch_tile(hd, b);
+}
+
 // Tiles of one task are visited head by head over a super-batch of up to kSuperBatch
 // tiles, so every head's rows are walked in address order; RoPE tables of the
 // super-batch are computed once and serve every head (when heads share positions).
@@ -134,9 +154,7 @@ void encode_task(void *vp, uint32_t task) {
                 float *tc = tabs;
                 if (st.rope && shared) tc = tabs + (size_t)(b - sb) * 2 * table;
                 if (st.rope && !shared) make_tables(r, b, tc);
-                if (b + 1 < se) prefetch_tile(hd, b + 1);
-                else if (hd + 1 < h1) prefetch_tile(hd + 1, sb);
-                else if (se < b1) prefetch_tile(h0, se);
+                prefetch_ahead(hd, b, sb, se, h0, h1, b1, S, prefetch_tile);
                 const size_t c = (size_t)hd * g.coded + jc0;
                 EncodeTile t{};
                 t.lanes = n;
@@ -235,9 +253,7 @@ void decode_task(void *vp, uint32_t task) {
                 float *tc = tabs;
                 if (st.rope && shared) tc = tabs + (size_t)(bt - sb) * 2 * table;
                 if (st.rope && !shared) make_tables(hd, bt, tc);
-                if (bt + 1 < se) prefetch_tile(hd, bt + 1);
-                else if (hd + 1 < h1) prefetch_tile(hd + 1, sb);
-                else if (se < b1) prefetch_tile(h0, se);
+                prefetch_ahead(hd, bt, sb, se, h0, h1, b1, S, prefetch_tile);
                 const size_t c = (size_t)hd * g.coded + jc0;
                 DecodeTile t{};
                 t.lanes = n;

@@ -142,7 +142,7 @@ struct Simd {
     }
 
     // In-place transpose of an 8 x 8 block of floats held in r[0..7].
-    static void transpose(F *r) {
+    __attribute__((always_inline)) static void transpose(F *r) {
         const F t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
         const F t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
         const F t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);

@@ -129,7 +129,7 @@ struct Simd {
     }
 
     // In-place transpose of a 16 x 16 block of floats held in r[0..15].
-    static void transpose(F *r) {
+    __attribute__((always_inline)) static void transpose(F *r) {
         F t[16], u[16];
         for (int k = 0; k < 8; ++k) {
             t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
