@@ -94,7 +94,7 @@ except ImportError:  # pragma: no cover - older 5.x
     DYNAMIC_LAYER_TYPE_MAPPING, get_layer_types_and_kwargs = None, None
 
 from . import _lib as L
-from .core import Block, Context, NexusQuantError, RopeSpec, Sequence
+from .core import Block, Context, NexusQuantError, RopeSpec
 
 __all__ = ["NexusQuantCache", "NexusQuantLayer", "nexusquant_evict", "rope_spec_from_config", "library_has_cuda"]
 
@@ -735,8 +735,6 @@ class NexusQuantCache(Cache):
         """Whether any layer evicts tokens of the prefill."""
         return any(self._evicting)
 
-    # -- query scores (fed by nexusquant_evict's attention tap)
-
     # -- left padding (fed by nexusquant_evict's forward wrapper)
 
     def _take_prefill_pads(self, batch: int, tokens: int) -> list:
@@ -765,6 +763,8 @@ class NexusQuantCache(Cache):
         for b, n in enumerate(lay.counts):
             mask[b, :offset + lay.stored - n] = 0
         return mask
+
+    # -- query scores (fed by nexusquant_evict's attention tap)
 
     def _note_prefill(self, layer: int):
         if self.scores == "queries" and self._evicting[layer] and _ACTIVE.get() is not self \
