@@ -31,16 +31,16 @@ template <class T> T *align64(void *p) {
     return reinterpret_cast<T *>(((uintptr_t)p + 63) & ~(uintptr_t)63);
 }
 
-// Asks for the rows of the next tile of a head while this one is computed: the rows of
-// one head in [head][token][dim] memory are one 4 KB page per tile, where the hardware
-// prefetchers stop.
+// Asks for the rows of a later tile while this one is computed: the rows of one head in
+// [head][token][dim] memory are one 4 KB page per tile, where the hardware prefetchers
+// stop. Reads go to L2 (a tile's 128 lines at once overflow the L1 miss buffers).
 inline void prefetch_row(const void *row, size_t bytes, int for_write) {
     const char *p = static_cast<const char *>(row);
     for (size_t off = 0; off < bytes; off += 64) {
         if (for_write)
             __builtin_prefetch(p + off, 1, 3);
         else
-            __builtin_prefetch(p + off, 0, 3);
+            __builtin_prefetch(p + off, 0, 2);
     }
 }
 
