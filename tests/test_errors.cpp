@@ -722,14 +722,18 @@ TEST(Errors, AllocationFailuresAreReportedAndLeakNothing) {
     const long total = all.allocs;
     EXPECT_EQ(all.live_count(), 0u);
     EXPECT_GT(total, 20) << "the workflow should need many allocations";
+    long refused = 0;
     for (long fail = 0; fail < total; ++fail)
         for (bool all_after : {false, true}) {
             CountingAllocator a;
             a.fail_at = fail;
             a.fail_all_after = all_after;
-            run(a, fail);
+            refused += !run(a, fail);
             EXPECT_EQ(a.live_count(), 0u) << "leak after failure " << fail << (all_after ? " (all after)" : "");
             EXPECT_EQ(a.bad_frees, 0);
             EXPECT_EQ(a.bad_requests, 0);
         }
+    // Most failures surface as NQ_ERR_OUT_OF_MEMORY (zstd's own scratch failing inside
+    // a compression only makes a section be stored uncompressed).
+    EXPECT_GT(refused, total);
 }
