@@ -58,8 +58,11 @@ inline void scatter_row(const void *src, size_t es, int64_t sd, uint32_t D, void
         std::memcpy(static_cast<char *>(row) + (int64_t)d * sd * (int64_t)es, static_cast<const char *>(src) + d * es, es);
 }
 
-// Scratch of one task, on its thread's stack: the kernels' tile and one pair of RoPE
-// tables (16 KB at head_dim 128 with AVX-512).
+// Scratch of one task, on its thread's stack (the library allocates nothing per call
+// here): the kernels' tile (head_dim x W floats), the RoPE tables of a super-batch (at
+// most 16 KB, or one tile's when rotary_dims is 512) and, for layouts with a dim stride,
+// a tile of gathered rows. 24 KB at head_dim 128 with AVX-512; at most about 96 KB
+// (head_dim 512, f32, strided dims).
 #define NQ_TASK_SCRATCH(bytes) align64<float>(alloca((bytes) + 64))
 
 struct EncodeState {
@@ -100,7 +103,7 @@ inline void prefetch_ahead(uint32_t hd, uint32_t b, uint32_t sb, uint32_t se, ui
 // super-batch are computed once and serve every head (when heads share positions).
 uint32_t super_batch(uint32_t nf, uint32_t W) {
     if (nf == 0) return 8;
-    const uint32_t s = 32768u / (nf * W * 2u * (uint32_t)sizeof(float));
+    const uint32_t s = 16384u / (nf * W * 2u * (uint32_t)sizeof(float));  // tables <= 16 KB
     return s < 1 ? 1 : (s > 8 ? 8 : s);
 }
 
