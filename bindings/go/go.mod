@@ -1,0 +1,3 @@
+module nexusquant
+
+go 1.19
