@@ -5,6 +5,7 @@
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,9 @@ def parse_args(argv=None):
     ap.add_argument("--needle-context", type=int, default=512, help="needle haystack tokens")
     ap.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     ap.add_argument("--list-schemes", action="store_true")
+    ap.add_argument("--threads", type=int,
+                    help="BLAS threads (default: the BLAS default). 1 is much faster for the "
+                         "decode-heavy needle test on a busy machine")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     return ap.parse_args(argv)
 
@@ -65,8 +69,19 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
+def _set_threads(n: int) -> None:
+    # BLAS reads these once, when numpy loads it; nothing in this module has
+    # imported numpy yet when called from the console script.
+    if "numpy" in sys.modules:
+        print("nq-eval: numpy already loaded, --threads ignored", file=sys.stderr)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        _set_threads(args.threads)
     from .schemes import get_scheme, list_schemes
 
     if args.list_schemes:
