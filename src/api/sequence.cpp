@@ -15,6 +15,9 @@ int64_t block_position(const nq_block &b, uint32_t head, uint32_t j);
 namespace {
 
 int64_t block_last_position(const nq_block &b) {
+    // Stored positions of a device block are not readable from the host: its handle
+    // carries the largest position from the plan instead.
+    if (b.memory != NQ_MEMORY_HOST && b.g.pos_rows) return b.max_position;
     int64_t last = -1;
     for (uint32_t h = 0; h < (b.g.pos_rows > 1 ? b.h.num_heads : 1u); ++h)
         last = std::max(last, block_position(b, h, b.h.tokens_kept - 1));
@@ -22,6 +25,7 @@ int64_t block_last_position(const nq_block &b) {
 }
 
 int64_t block_first_position(const nq_block &b) {
+    if (b.memory != NQ_MEMORY_HOST && b.g.pos_rows) return (int64_t)b.h.first_position;
     int64_t first = INT64_MAX;
     for (uint32_t h = 0; h < (b.g.pos_rows > 1 ? b.h.num_heads : 1u); ++h)
         first = std::min(first, block_position(b, h, 0));
@@ -217,6 +221,9 @@ extern "C" NQ_API nq_status nq_sequence_positions(const nq_sequence *s, uint32_t
         return fail(NQ_ERR_OUT_OF_RANGE, "head %u: the sequence has %u heads", head, s->ctx->cfg.num_kv_heads);
     int64_t *w = dst;
     return for_range(s, begin, end, [&](size_t i, uint32_t lo, uint32_t hi) -> nq_status {
+        if (s->blocks[i]->memory != NQ_MEMORY_HOST && s->blocks[i]->g.pos_rows)
+            return fail(NQ_ERR_UNSUPPORTED, "block %zu of the sequence is in device memory: copy it to host "
+                        "(nq_block_copy) to read its positions", i);
         for (uint32_t j = lo; j < hi; ++j) *w++ = block_position(*s->blocks[i], head, j);
         return NQ_OK;
     });
