@@ -98,6 +98,17 @@ extern "C" {
 #  define NQ_API
 #endif
 
+/* The enums of this header have int as their fixed underlying type in C++. A C caller
+ * (or a binding) may store any int in an enum field or argument, and the library, which
+ * is C++, must be able to load it and reject it with a status: without a fixed type,
+ * loading a value outside an enum's declared range is undefined behaviour in C++. Size
+ * and calling convention are those of a C enum (int). */
+#if defined(__cplusplus) && __cplusplus >= 201103L
+#  define NQ_ENUM_BASE : int
+#else
+#  define NQ_ENUM_BASE
+#endif
+
 /* ---------------------------------------------------------------- version */
 
 #define NQ_VERSION_MAJOR 0
@@ -115,7 +126,7 @@ NQ_API const char *nq_version_string(void);
 /* ---------------------------------------------------------------- status */
 
 /* Values are stable and never reused. */
-typedef enum nq_status {
+typedef enum nq_status NQ_ENUM_BASE {
     NQ_OK = 0,
     NQ_ERR_INVALID_ARGUMENT = 1,  /* a NULL pointer, impossible value or stride */
     NQ_ERR_UNSUPPORTED = 2,       /* valid but not supported (dtype, head_dim, bits, unknown struct bytes) */
@@ -139,20 +150,20 @@ NQ_API const char *nq_last_error(void);
 
 /* ---------------------------------------------------------------- enums */
 
-typedef enum nq_dtype {
+typedef enum nq_dtype NQ_ENUM_BASE {
     NQ_DTYPE_F16 = 1,
     NQ_DTYPE_BF16 = 2,
     NQ_DTYPE_F32 = 3
 } nq_dtype;
 
 /* Where a pointer points. */
-typedef enum nq_memory {
+typedef enum nq_memory NQ_ENUM_BASE {
     NQ_MEMORY_HOST = 0,
     NQ_MEMORY_CUDA = 1,
     NQ_MEMORY_HIP = 2
 } nq_memory;
 
-typedef enum nq_backend {
+typedef enum nq_backend NQ_ENUM_BASE {
     NQ_BACKEND_AUTO = 0, /* the backend that matches the memory of the pointers */
     NQ_BACKEND_CPU = 1,
     NQ_BACKEND_CUDA = 2,
@@ -161,7 +172,7 @@ typedef enum nq_backend {
 
 /* Instruction sets of the CPU backend. AUTO takes the best the CPU and OS support,
  * capped by the environment variable NQ_CPU_ISA=scalar|avx2|avx512 when set. */
-typedef enum nq_cpu_isa {
+typedef enum nq_cpu_isa NQ_ENUM_BASE {
     NQ_ISA_AUTO = 0,
     NQ_ISA_SCALAR = 1,
     NQ_ISA_AVX2 = 2,
@@ -176,7 +187,7 @@ typedef enum nq_cpu_isa {
  *   MAX       (alias AGGRESSIVE) about 30x.
  *   S/M/L/XL  explicit ratio targets 5x/10x/17x/33x.
  *   CUSTOM    k_bits, v_bits and evict_fraction of nq_config as given. */
-typedef enum nq_preset {
+typedef enum nq_preset NQ_ENUM_BASE {
     NQ_PRESET_CUSTOM = 0,
     NQ_PRESET_LOSSLESS = 1,
     NQ_PRESET_HIGH = 2,
@@ -196,20 +207,20 @@ NQ_API nq_status nq_preset_from_name(const char *name, nq_preset *out);
 /* The canonical lower-case name of a preset; "unknown" if it is not one. */
 NQ_API const char *nq_preset_name(nq_preset preset);
 
-typedef enum nq_codec {
+typedef enum nq_codec NQ_ENUM_BASE {
     NQ_CODEC_E8 = 1,     /* E8 lattice vector quantiser (the product) */
     NQ_CODEC_SCALAR = 2  /* uniform scalar quantiser at the same bits (the baseline) */
 } nq_codec;
 
 /* Which tokens eviction keeps (sinks and the recent window are always kept). */
-typedef enum nq_evict_mode {
+typedef enum nq_evict_mode NQ_ENUM_BASE {
     NQ_EVICT_PER_HEAD = 1,    /* top-k per KV head, the same k for every head */
     NQ_EVICT_HEAD_SHARED = 2, /* one top-k for all heads (scores summed over heads) */
     NQ_EVICT_PAGED = 3        /* whole pages of evict_page_size tokens */
 } nq_evict_mode;
 
 /* How RoPE relates to the keys the engine passes in and wants back. */
-typedef enum nq_rope_mode {
+typedef enum nq_rope_mode NQ_ENUM_BASE {
     NQ_ROPE_NONE = 0,   /* keys carry no RoPE; nothing is removed or applied */
     NQ_ROPE_REMOVE = 1, /* keys carry RoPE: removed before quantising (better codes),
                            applied again at the original positions on decode */
@@ -217,12 +228,12 @@ typedef enum nq_rope_mode {
                            them rotated (what a fused attention kernel reads cheapest) */
 } nq_rope_mode;
 
-typedef enum nq_rope_pairing {
+typedef enum nq_rope_pairing NQ_ENUM_BASE {
     NQ_ROPE_SPLIT_HALF = 1,  /* pairs (i, i + rotary_dims/2): Llama, Mistral, Qwen, NeoX */
     NQ_ROPE_INTERLEAVED = 2  /* pairs (2i, 2i + 1): GPT-J style, llama.cpp's "normal" mode */
 } nq_rope_pairing;
 
-typedef enum nq_rope_scaling {
+typedef enum nq_rope_scaling NQ_ENUM_BASE {
     NQ_ROPE_SCALING_NONE = 0,
     NQ_ROPE_SCALING_LINEAR = 1,      /* positions divided by factor */
     NQ_ROPE_SCALING_DYNAMIC_NTK = 2, /* base grown with the sequence length (see nq_kv_desc.rope_seq_len) */
@@ -317,7 +328,7 @@ typedef struct nq_layer_params {
 
 /* ---------------------------------------------------------------- layouts */
 
-typedef enum nq_layout_kind {
+typedef enum nq_layout_kind NQ_ENUM_BASE {
     NQ_LAYOUT_STRIDED = 1,
     NQ_LAYOUT_PAGED = 2
 } nq_layout_kind;
@@ -372,7 +383,7 @@ NQ_API void nq_layout_contiguous(nq_layout *layout, uint32_t num_tokens, uint32_
 
 /* ---------------------------------------------------------------- scores */
 
-typedef enum nq_score_kind {
+typedef enum nq_score_kind NQ_ENUM_BASE {
     NQ_SCORES_KEY_NORM = 0, /* no scores: keys with the smallest L2 norm rank highest */
     NQ_SCORES_GIVEN = 1,    /* the engine's scores per (KV head, token), higher = keep */
     NQ_SCORES_QUERIES = 2   /* attention of the last queries over all keys */
@@ -541,7 +552,7 @@ NQ_API nq_status nq_block_serialize_bound(const nq_block *blk, size_t *bytes);
 NQ_API nq_status nq_block_serialize(nq_context *ctx, const nq_block *blk, void *dst, size_t capacity,
                                     size_t *written);
 
-/* Reads an archive (or a raw resident image) into a new host block. Truncated,
+/* Reads an archive (resident images are refused) into a new host block. Truncated,
  * tampered or foreign bytes return NQ_ERR_TRUNCATED / NQ_ERR_CORRUPT / NQ_ERR_VERSION;
  * nothing is read past len. */
 NQ_API nq_status nq_block_deserialize(nq_context *ctx, const void *src, size_t len, nq_block **out);
