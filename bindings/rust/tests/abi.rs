@@ -159,7 +159,8 @@ fn header_enums(decls: &str) -> BTreeMap<String, Vec<(String, i64)>> {
     while let Some(i) = rest.find("typedef enum") {
         rest = &rest[i + "typedef enum".len()..];
         let open = rest.find('{').unwrap();
-        let name = rest[..open].trim().to_string();
+        // "nq_dtype NQ_ENUM_BASE": the name is the first word (the macro gives C++ a base type).
+        let name = rest[..open].split_whitespace().next().unwrap().to_string();
         let close = rest.find('}').unwrap();
         let values = rest[open + 1..close]
             .split(',')
