@@ -58,7 +58,7 @@ def format_table(rows) -> str:
     body = []
     for r in rows:
         if "error" in r:
-            body.append([r["text"], r["scheme"], "error: " + r["error"]] + [""] * 6)
+            body.append([r["text"], r["scheme"], "error"] + [""] * 6)
             continue
         body.append([("-" if r.get(k) is None else f.format(r[k])) for k, f in cols])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
@@ -66,6 +66,8 @@ def format_table(rows) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
     refs = sorted({(r["text"], r["ppl_ref"]) for r in rows})
     lines += [f"reference (uncompressed) ppl on {t}: {p:.3f}" for t, p in refs]
+    errs = sorted({(r["scheme"], r["error"]) for r in rows if "error" in r})
+    lines += [f"error in {s}: {e}" for s, e in errs]
     return "\n".join(lines)
 
 

