@@ -1,8 +1,9 @@
 """nexusquant Python package.
 
-For now this holds the evaluation side: a numpy Llama model that exposes its
-KV cache, reference (non-library) KV quantisers, and the ``nq-eval`` harness.
-The ctypes binding to the C library will live beside these modules.
+``nexusquant.core`` is the ctypes binding to the C library. ``nexusquant.model``
+is a numpy Llama model that exposes and accepts its KV cache, and
+``nexusquant.eval`` holds reference KV quantisers, the scheme registry and the
+``nq-eval`` harness.
 """
 
 __version__ = "0.1.0"
