@@ -27,11 +27,11 @@ export NEXUSQUANT_LIBRARY=$root/build/libnexusquant.so
 
 if [ "$quick" = "--quick" ]; then exit 0; fi
 
-# The sanitizer builds (two more full builds) run when NQ_SANITIZERS=1.
+# The sanitizer builds (two more full builds) run when NQ_SANITIZERS=1, the Rust and
+# Go binding tests when NQ_BINDINGS=1.
 for script in .ci/bindings.sh .ci/sanitizers.sh .ci/fuzz.sh .ci/gpu_build.sh; do
-  if [ "$script" = .ci/sanitizers.sh ] && [ "${NQ_SANITIZERS:-0}" != 1 ]; then
-    continue
-  fi
+  if [ "$script" = .ci/sanitizers.sh ] && [ "${NQ_SANITIZERS:-0}" != 1 ]; then continue; fi
+  if [ "$script" = .ci/bindings.sh ] && [ "${NQ_BINDINGS:-0}" != 1 ]; then continue; fi
   if [ -f "$script" ]; then
     step "$script"
     bash "$script"
