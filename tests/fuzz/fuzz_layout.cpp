@@ -5,11 +5,8 @@
 // fuzzed layout gives the same block as compressing a contiguous copy of the same
 // logical tensor, and decoding into a fuzzed output layout writes the same values as
 // decoding into a contiguous one.
-//
-// Invalid enum values are drawn only inside each enum's C++ value range (e.g. 0 for
-// nq_dtype, 3 for nq_memory): a C caller may store any int, but the library is C++ and
-// loading an enum outside its range is undefined there (UBSan's "enum" check), which
-// this target does not try to exercise.
+// Invalid enum values (any int, as a C caller may store) are drawn too: the header
+// gives the enums an int base in C++, so the library may load and reject them.
 #include "fuzz_util.h"
 
 using namespace nqfuzz;
@@ -63,7 +60,7 @@ void draw_layout(Reader &r, uint32_t H, uint32_t T, uint32_t D, Described &out) 
     nq_layout &l = out.l;
     std::memset(&l, 0, sizeof l);
     const uint8_t kind = r.u8() % 16;
-    l.kind = kind < 8 ? NQ_LAYOUT_STRIDED : kind < 15 ? NQ_LAYOUT_PAGED : (nq_layout_kind)r.pick<int>({0, 3});
+    l.kind = kind < 8 ? NQ_LAYOUT_STRIDED : kind < 15 ? NQ_LAYOUT_PAGED : (nq_layout_kind)r.pick<int>({0, 3, -1, 77});
     l.stride_dim = r.pick<int64_t>({0, 0, 1, 1, 2, -1});
     const int64_t sd = l.stride_dim ? l.stride_dim : 1;
     const int64_t row = (int64_t)D * (sd < 0 ? -sd : sd);
@@ -151,8 +148,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     nq_kv_desc kv;
     nq_kv_desc_init(&kv);
-    kv.dtype = r.pick<nq_dtype>({NQ_DTYPE_F16, NQ_DTYPE_BF16, NQ_DTYPE_F32, NQ_DTYPE_F16, (nq_dtype)0});
-    kv.memory = r.u8() % 16 ? NQ_MEMORY_HOST : r.pick<nq_memory>({NQ_MEMORY_CUDA, NQ_MEMORY_HIP, (nq_memory)3});
+    kv.dtype = r.pick<nq_dtype>({NQ_DTYPE_F16, NQ_DTYPE_BF16, NQ_DTYPE_F32, NQ_DTYPE_F16, (nq_dtype)0, (nq_dtype)4});
+    kv.memory = r.u8() % 16 ? NQ_MEMORY_HOST : r.pick<nq_memory>({NQ_MEMORY_CUDA, NQ_MEMORY_HIP, (nq_memory)7});
     kv.num_tokens = r.range(0, 48);
     kv.layer = r.range(0, 2);
     kv.rope_seq_len = r.flag() ? r.range(0, 100) : 0;
@@ -197,7 +194,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
     } else if (score_kind == 2) {
         sc.kind = NQ_SCORES_QUERIES;
-        sc.query_dtype = r.pick<nq_dtype>({NQ_DTYPE_F16, NQ_DTYPE_F32, NQ_DTYPE_BF16, (nq_dtype)0});
+        sc.query_dtype = r.pick<nq_dtype>({NQ_DTYPE_F16, NQ_DTYPE_F32, NQ_DTYPE_BF16, (nq_dtype)9});
         NQ = r.range(0, 6);
         sc.num_queries = NQ;
         sc.pool_kernel = r.pick<uint32_t>({0, 1, 3, 7, 2});
@@ -212,7 +209,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             sc.queries = sbuf.base();
         }
     } else if (score_kind == 3) {
-        sc.kind = (nq_score_kind)3;
+        sc.kind = (nq_score_kind)r.pick<int>({3, -1});
     }
 
     // Validation alone, with pointers that are never read.
