@@ -40,7 +40,9 @@ def parse_args(argv=None):
     ap.add_argument("--model", type=Path, help="GGUF path (default: fetch SmolLM2-135M-Instruct)")
     ap.add_argument("--obs-window", type=int, default=32, help="last queries given to eviction schemes")
     ap.add_argument("--no-needle", action="store_true", help="skip the needle retrieval test")
-    ap.add_argument("--needle-context", type=int, default=512, help="needle haystack tokens")
+    ap.add_argument("--needle-context", type=int, default=0,
+                    help="needle haystack tokens (default: --context); the needle is planted at 5 depths "
+                         "of each text, and depths the uncompressed cache misses do not count")
     ap.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     ap.add_argument("--list-schemes", action="store_true")
     ap.add_argument("--threads", type=int,
@@ -53,12 +55,12 @@ def parse_args(argv=None):
 def format_table(rows) -> str:
     cols = [("text", "{}"), ("scheme", "{}"), ("bits_per_element", "{:.3f}"), ("ratio", "{:.2f}"),
             ("ppl", "{:.3f}"), ("ppl_delta_pct", "{:+.3f}"), ("kl", "{:.5f}"), ("top1", "{:.3f}"),
-            ("needle", "{:.2f}")]
-    head = ["text", "scheme", "bits/elem", "ratio", "ppl", "dppl%", "KL", "top1", "needle"]
+            ("needle", "{:.2f}"), ("needle_depths", "{}")]
+    head = ["text", "scheme", "bits/elem", "ratio", "ppl", "dppl%", "KL", "top1", "needle", "of"]
     body = []
     for r in rows:
         if "error" in r:
-            body.append([r["text"], r["scheme"], "error"] + [""] * 6)
+            body.append([r["text"], r["scheme"], "error"] + [""] * 7)
             continue
         body.append([("-" if r.get(k) is None else f.format(r[k])) for k, f in cols])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]

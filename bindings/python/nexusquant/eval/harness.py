@@ -31,8 +31,8 @@ class EvalConfig:
     samples: int = 2
     obs_window: int = 32          # last queries handed to eviction schemes
     needle: bool = True
-    needle_context: int = 512
-    needle_depths: Sequence[float] = (0.1, 0.5, 0.9)
+    needle_context: int = 0       # haystack tokens; 0 = the context size
+    needle_depths: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9)
     model_path: Optional[Path] = None
 
 
@@ -115,8 +115,9 @@ class Evaluator:
             rows[name] = row
         return rows
 
-    def needle_scores(self, filler_text: str, cfg: EvalConfig) -> Dict[str, Optional[float]]:
-        cases = needle.build_cases(self.tok, filler_text, cfg.needle_context, cfg.needle_depths)
+    def needle_scores(self, filler_text: str, cfg: EvalConfig):
+        """Per scheme: (score, depths counted); depths the uncompressed cache misses do not count."""
+        cases = needle.build_cases(self.tok, filler_text, cfg.needle_context or cfg.context, cfg.needle_depths)
         ref_hits, hits = [], {n: [] for n in cfg.schemes}
         for case in cases:
             cache, queries = needle.prepare(self.model, case, cfg.obs_window)
@@ -128,20 +129,20 @@ class Evaluator:
                 except Exception:
                     hits[name].append(False)   # the text rows carry the error
         self.log(f"  needle: reference retrieves {sum(ref_hits)}/{len(ref_hits)} depths")
-        return {n: needle.score(h, ref_hits) for n, h in hits.items()}
+        return {n: (needle.score(h, ref_hits), sum(ref_hits)) for n, h in hits.items()}
 
 
 def evaluate(model, tok, cfg: EvalConfig, log: Callable[[str], None] = lambda s: None) -> List[dict]:
     ev = Evaluator(model, tok, log)
-    needles: Dict[str, Optional[float]] = {}
-    if cfg.needle and cfg.texts:
-        text = Path(cfg.texts[0]).read_text(encoding="utf-8")
-        # filler from the middle of the first text: away from file headers
-        mid = len(text) // 2
-        needles = ev.needle_scores(text[mid:mid + 8 * cfg.needle_context], cfg)
     rows = []
     for path in cfg.texts:
+        needles = {}
+        if cfg.needle:
+            # each text is its own haystack, taken from its middle: away from file headers
+            text = Path(path).read_text(encoding="utf-8")
+            mid = len(text) // 2
+            needles = ev.needle_scores(text[mid:mid + 8 * (cfg.needle_context or cfg.context)], cfg)
         for name, row in ev.text_rows(path, cfg).items():
-            row["needle"] = needles.get(name)
+            row["needle"], row["needle_depths"] = needles.get(name, (None, 0))
             rows.append(row)
     return rows

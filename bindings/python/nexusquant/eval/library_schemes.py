@@ -31,6 +31,7 @@ class LibraryScheme:
     recent_window: Optional[int] = None
     overrides: list = field(default_factory=list)
     use_queries: bool = True   # observation-window query scores when the model gives them
+    pool_kernel: int = 0       # max-pool width over query scores; 0 = the library's (7)
 
     def context(self, head_dim: int, kv_heads: int, q_heads: int, rope_theta: float, n_layers: int) -> Context:
         return Context(head_dim, kv_heads, q_heads, preset=self.preset, k_bits=self.k_bits, v_bits=self.v_bits,
@@ -55,7 +56,7 @@ class LibraryScheme:
             q = None
             if self.use_queries and queries is not None:
                 q = np.ascontiguousarray(queries[layer], dtype=np.float32)
-            blk = ctx.compress(k, v, layer=layer, positions=pos, queries=q)
+            blk = ctx.compress(k, v, layer=layer, positions=pos, queries=q, pool_kernel=self.pool_kernel)
             total += blk.nbytes
             kd, vd = ctx.decode(blk, dtype="float32")
             keys.append(kd)
@@ -78,4 +79,32 @@ def library_schemes() -> dict:
         for codec in ("e8", "scalar"):
             name = f"{codec}-k{kb}v{vb}"
             s[name] = LibraryScheme(name, k_bits=kb, v_bits=vb, evict=0.0, codec=codec)
+    return s
+
+
+# A library point named on the command line, for tuning runs (options in any order):
+#   {e8|scalar}-k{K}v{V}[-e{evict}][-s{fp16 sinks}][-w{fp16 window}][-r{recent window}]
+#                      [-t{sink tokens}][-shared|-paged][-norm][-p{pool}][-L{a}:{b}k{K}v{V}...]
+# e.g. e8-k3v2-e0.6-w16-r16, e8-k2v2-e0.4-shared, e8-k3v2-L0:2k4v3 (layers 0..1 at K4/V3).
+_OPTION = r"-e[0-9.]+|-[swrtp]\d+|-shared|-paged|-norm|-L-?\d+:-?\d+k\dv\d"
+PATTERN = r"(e8|scalar)-k(\d)v(\d)((?:" + _OPTION + r")*)"
+
+
+def parse_scheme(m) -> LibraryScheme:
+    import re
+    codec, kb, vb, rest = m.groups()
+    s = LibraryScheme(m.group(0), k_bits=int(kb), v_bits=int(vb), evict=0.0, codec=codec)
+    fields = {"s": "fp16_sinks", "w": "fp16_window", "r": "recent_window", "t": "sink_tokens", "p": "pool_kernel"}
+    for opt in re.findall(_OPTION, rest or ""):
+        if opt.startswith("-L"):
+            a, b, k, v = re.match(r"-L(-?\d+):(-?\d+)k(\d)v(\d)", opt).groups()
+            s.overrides.append({"layers": (int(a), int(b)), "k_bits": int(k), "v_bits": int(v)})
+        elif opt.startswith("-e"):
+            s.evict = float(opt[2:])
+        elif opt in ("-shared", "-paged"):
+            s.evict_mode = opt[1:]
+        elif opt == "-norm":
+            s.use_queries = False
+        else:
+            setattr(s, fields[opt[1]], int(opt[2:]))
     return s
