@@ -29,7 +29,9 @@
  *   (or to sizeof the struct). A caller compiled against an older, smaller struct still
  *   works: the fields it did not send take their defaults. A caller whose struct is
  *   larger than the library's is accepted only if the bytes the library does not know
- *   are all zero; otherwise NQ_ERR_UNSUPPORTED is returned.
+ *   are all zero; otherwise NQ_ERR_UNSUPPORTED is returned. An array of such structs
+ *   (the items and scores of nq_compress_batch, the items of nq_workspace_size) is
+ *   strided by its first element's size, which every element must share.
  * - Strides are in elements, not bytes, and may be negative. Pointers need only the
  *   alignment of their element type.
  * - Nothing synchronises a device, throws, or aborts. `stream` arguments are a
@@ -37,14 +39,42 @@
  *
  * Threads
  * -------
- * - nq_last_error() is per thread.
- * - A context may be used from several threads at once for compress, decode, serialise
- *   and deserialise: it is read-only after creation, and each call uses its own scratch
- *   (or the workspace the caller passes). Blocks are immutable after creation and may be
- *   decoded from several threads at once. A sequence must not be appended to from two
- *   threads at once (decode of a sequence from several threads is fine while nobody
- *   appends).
+ * - nq_last_error() is per thread: read it on the thread that made the failing call.
+ * - A context may be used from many threads at once for everything that takes an
+ *   nq_context (compress, batch, decode, serialise, deserialise, block copy, sequence
+ *   calls on different sequences). Its configuration is read-only after creation; its
+ *   only mutable state is guarded: the thread pool of num_threads runs one call's work
+ *   at a time and a call that finds it busy runs on the calling thread instead, and GPU
+ *   RoPE tables are built under a lock. Each call uses its own scratch (or the
+ *   workspace the caller passes: one workspace per concurrent call). A custom allocator
+ *   of a context shared by threads is called from those threads and must be
+ *   thread-safe.
+ * - Blocks are immutable after creation: any number of threads may decode, serialise,
+ *   copy or inspect one block at once.
+ * - A sequence is not safe for concurrent mutation: nq_sequence_append and
+ *   nq_sequence_append_block must not run on one sequence from two threads at once,
+ *   nor while another thread reads or decodes it. Reads and decodes of one sequence
+ *   (nq_sequence_decode, _positions, _totals, _block, _num_blocks) may run concurrently
+ *   while nobody appends.
  * - Freeing a handle while another thread uses it is the caller's bug.
+ *
+ * Ownership and lifetimes
+ * -----------------------
+ * - Every handle a call returns through an `out` argument belongs to the caller, who
+ *   frees it with the matching *_free. A block given to nq_sequence_append_block
+ *   belongs to the sequence once that call succeeds (not on failure); blocks returned
+ *   by nq_sequence_block are borrowed and live until the sequence is freed.
+ * - A block does not refer to the context that made it: it may outlive that context
+ *   and be decoded with any context of the same num_kv_heads and head_dim (a GPU
+ *   decode also wants the block's RoPE parameters in the context). It frees
+ *   its bytes through the allocator of the context that made it, so a custom
+ *   allocator (and its user pointer) must stay valid until the block is freed. A
+ *   block built in caller memory (nq_compress_batch `dst`, nq_block_copy `dst`) never
+ *   frees that memory, which must outlive the block.
+ * - A sequence refers to its context: free every sequence before the context.
+ * - The library keeps no pointer to caller memory past a call: config structs,
+ *   overrides, descriptors, K/V, scores and positions are read during the call only
+ *   (GPU work enqueued on a stream reads device K/V until the stream passes it).
  *
  * Memory
  * ------
@@ -470,7 +500,9 @@ typedef struct nq_buffer {
 } nq_buffer;
 
 /* Compresses many (layer, sequence, chunk) items of ragged lengths in one call.
- *   scores     NULL, or num_items descriptors (an entry with kind KEY_NORM and no data is fine)
+ *   items      num_items descriptors, strided by items[0].size (all the same size)
+ *   scores     NULL, or num_items descriptors strided by scores[0].size (an entry with
+ *              kind KEY_NORM and no data is fine)
  *   dst        NULL (blocks allocated by the context's allocator), or num_items caller
  *              buffers of at least nq_compress_bound() bytes each, which must outlive the
  *              blocks (the block handles are still allocated by the allocator: small, host)

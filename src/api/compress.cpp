@@ -351,6 +351,59 @@ nq_memory memory_of(const nq_kv_desc *kv) {
 }
 #endif
 
+// A caller's array of size-tagged structs is laid out with the caller's sizeof, which
+// its first element's `size` tells: smaller for a caller built against an older header,
+// larger for a newer one. Every element must carry that same size. An array of another
+// size than this library's struct is copied (with the context's allocator) into an
+// array of this library's structs - the fields an older caller lacks take their
+// defaults, the unknown bytes of a newer caller's must be zero - so that the code past
+// the entry points indexes it with the library's sizeof.
+template <class T> struct SizedArray {
+    const MemoryHooks &mem;
+    const T *data = nullptr;
+    T *owned = nullptr;
+    explicit SizedArray(const MemoryHooks &m) : mem(m) {}
+    SizedArray(const SizedArray &) = delete;
+    SizedArray &operator=(const SizedArray &) = delete;
+    ~SizedArray() { mem.release(owned); }
+};
+
+template <class T>
+nq_status load_sized_array(const T *src, size_t n, size_t min_size, void (*init)(T *), const char *arg,
+                           const char *type, SizedArray<T> &out) {
+    out.data = src;
+    if (!src || n == 0) return NQ_OK;
+    const unsigned char *base = reinterpret_cast<const unsigned char *>(src);
+    size_t stride;
+    std::memcpy(&stride, base, sizeof stride);
+    if (stride < min_size || stride > (size_t)1 << 20 || stride % alignof(T))
+        return fail(NQ_ERR_INVALID_ARGUMENT, "%s[0].size is %zu: call %s_init (the array is strided by it)", arg,
+                    stride, type);
+    for (size_t i = 1; i < n; ++i) {
+        size_t s;
+        std::memcpy(&s, base + i * stride, sizeof s);
+        if (s != stride)
+            return fail(NQ_ERR_INVALID_ARGUMENT,
+                        "%s[%zu].size is %zu but %s[0].size is %zu: every element of an array must have the same size",
+                        arg, i, s, arg, stride);
+    }
+    if (stride == sizeof(T)) return NQ_OK;
+    if (n > SIZE_MAX / sizeof(T)) return fail(NQ_ERR_INVALID_ARGUMENT, "%zu %s: too many", n, arg);
+    out.owned = static_cast<T *>(out.mem.alloc(n * sizeof(T), alignof(T)));
+    if (!out.owned) return fail(NQ_ERR_OUT_OF_MEMORY, "allocating %zu bytes for %s failed", n * sizeof(T), arg);
+    for (size_t i = 0; i < n; ++i) {
+        init(&out.owned[i]);
+        nq_status st = copy_sized(reinterpret_cast<const T *>(base + i * stride), &out.owned[i], type);
+        if (st != NQ_OK) {
+            char msg[512];
+            std::snprintf(msg, sizeof msg, "%s", nq_last_error());
+            return fail(st, "%s[%zu]: %s", arg, i, msg);
+        }
+    }
+    out.data = out.owned;
+    return NQ_OK;
+}
+
 }  // namespace
 
 nq_status compress_chunk(nq_context *ctx, const nq_kv_desc *kv, const nq_score_desc *sc, void *stream,
@@ -401,6 +454,9 @@ extern "C" NQ_API nq_status nq_workspace_size(const nq_context *ctx, const nq_kv
     if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
     if (!bytes) return fail(NQ_ERR_INVALID_ARGUMENT, "bytes is NULL");
     if (n && !items) return fail(NQ_ERR_INVALID_ARGUMENT, "items is NULL");
+    SizedArray<nq_kv_desc> item_array(ctx->mem);
+    NQ_TRY(load_sized_array(items, n, offsetof(nq_kv_desc, k), nq_kv_desc_init, "items", "nq_kv_desc", item_array));
+    items = item_array.data;
 #if defined(NQ_HAVE_GPU)
     if (n && memory_of(items) == kGpuMemory) {
         *bytes = gpu_workspace_bound(ctx, items, n);
@@ -432,6 +488,12 @@ extern "C" NQ_API nq_status nq_compress_batch(nq_context *ctx, const nq_kv_desc 
     if (!out) return fail(NQ_ERR_INVALID_ARGUMENT, "out is NULL");
     if (n && !items) return fail(NQ_ERR_INVALID_ARGUMENT, "items is NULL");
     for (size_t i = 0; i < n; ++i) out[i] = nullptr;
+    SizedArray<nq_kv_desc> item_array(ctx->mem);
+    NQ_TRY(load_sized_array(items, n, offsetof(nq_kv_desc, k), nq_kv_desc_init, "items", "nq_kv_desc", item_array));
+    items = item_array.data;
+    SizedArray<nq_score_desc> score_array(ctx->mem);
+    NQ_TRY(load_sized_array(scores, n, sizeof(size_t), nq_score_desc_init, "scores", "nq_score_desc", score_array));
+    scores = score_array.data;
 #if defined(NQ_HAVE_GPU)
     if (n && memory_of(items) == kGpuMemory)
         return gpu_batch(ctx, items, scores, n, dst, workspace, workspace_bytes, stream, true, out, item_status);

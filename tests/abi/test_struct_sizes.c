@@ -342,6 +342,117 @@ static void output_structs(void) {
     nq_context_free(ctx);
 }
 
+/* Arrays of size-tagged structs (nq_compress_batch, nq_workspace_size) are strided by
+ * their first element's size, which every element must share: an older caller's array
+ * of smaller structs and a newer caller's of larger ones give the blocks of the
+ * library's own array. Each array is allocated at exactly its bytes. */
+static void *pack_array(const void *src, size_t elem, size_t n, size_t stride) {
+    unsigned char *p = (unsigned char *)calloc(n, stride);
+    size_t i;
+    if (!p) abort();
+    for (i = 0; i < n; ++i) {
+        memcpy(p + i * stride, (const unsigned char *)src + i * elem, stride < elem ? stride : elem);
+        memcpy(p + i * stride, &stride, sizeof stride);
+    }
+    return p;
+}
+
+#define BATCH 3
+
+static void batch_digests(nq_context *ctx, const void *items, const void *scores, uint64_t *digests) {
+    nq_block *out[BATCH] = {NULL, NULL, NULL};
+    nq_status st[BATCH];
+    int i;
+    CHECK_OK(nq_compress_batch(ctx, (const nq_kv_desc *)items, (const nq_score_desc *)scores, BATCH, NULL, NULL, 0,
+                               NULL, out, st));
+    for (i = 0; i < BATCH; ++i) {
+        digests[i] = 0;
+        if (out[i]) CHECK_OK(nq_block_digest(out[i], &digests[i]));
+        nq_block_free(out[i]);
+    }
+}
+
+static void batch_arrays(void) {
+    nq_config cfg = caller_config();
+    nq_context *ctx = NULL;
+    nq_kv_desc items[BATCH];
+    nq_score_desc scores[BATCH];
+    uint64_t want[BATCH], got[BATCH];
+    size_t want_ws = 0, got_ws = 0, strides[4];
+    int i, j;
+
+    CHECK_OK(nq_context_create(&cfg, &ctx));
+    if (!ctx) return;
+    for (i = 0; i < BATCH; ++i) { /* ragged items over different parts of K and V */
+        contiguous_kv(&items[i], g_k + 16 * i * DIM, g_v + 16 * i * DIM);
+        items[i].num_tokens = TOKENS - 16 * (uint32_t)i;
+        items[i].layer = (uint32_t)i;
+        nq_score_desc_init(&scores[i]);
+        scores[i].kind = NQ_SCORES_GIVEN;
+        scores[i].scores = g_scores + 16 * i;
+        scores[i].score_stride_head = TOKENS;
+        scores[i].score_stride_token = 1;
+    }
+    batch_digests(ctx, items, scores, want);
+    for (i = 0; i < BATCH; ++i) CHECK(want[i] != 0 && (i == 0 || want[i] != want[i - 1]));
+    CHECK_OK(nq_workspace_size(ctx, items, BATCH, &want_ws));
+
+    strides[0] = offsetof(nq_kv_desc, positions); /* older callers */
+    strides[1] = offsetof(nq_kv_desc, start_position);
+    strides[2] = sizeof(nq_kv_desc) + 24; /* a newer caller, zero tail */
+    strides[3] = sizeof(nq_kv_desc);
+    for (j = 0; j < 4; ++j) {
+        void *kv = pack_array(items, sizeof items[0], BATCH, strides[j]);
+        CHECK_OK(nq_workspace_size(ctx, (const nq_kv_desc *)kv, BATCH, &got_ws));
+        CHECK(got_ws == want_ws);
+        batch_digests(ctx, kv, scores, got);
+        for (i = 0; i < BATCH; ++i) CHECK(got[i] == want[i]);
+        free(kv);
+    }
+    {   /* scores of an older and a newer caller */
+        size_t sc_strides[2];
+        sc_strides[0] = offsetof(nq_score_desc, queries);
+        sc_strides[1] = sizeof(nq_score_desc) + 16;
+        for (j = 0; j < 2; ++j) {
+            void *sc = pack_array(scores, sizeof scores[0], BATCH, sc_strides[j]);
+            batch_digests(ctx, items, sc, got);
+            for (i = 0; i < BATCH; ++i) CHECK(got[i] == want[i]);
+            free(sc);
+        }
+    }
+    {   /* sizes that differ within an array, or cannot stride one: refused */
+        nq_block *out[BATCH] = {NULL, NULL, NULL};
+        size_t bytes = 0;
+        unsigned char *kv = (unsigned char *)pack_array(items, sizeof items[0], BATCH, sizeof(nq_kv_desc) + 8);
+        void *sc;
+        size_t other = sizeof(nq_kv_desc);
+        memcpy(kv + 2 * (sizeof(nq_kv_desc) + 8), &other, sizeof other);
+        CHECK_STATUS(nq_compress_batch(ctx, (const nq_kv_desc *)kv, NULL, BATCH, NULL, NULL, 0, NULL, out, NULL),
+                     NQ_ERR_INVALID_ARGUMENT);
+        CHECK(strstr(nq_last_error(), "items[2].size") != NULL);
+        CHECK(out[0] == NULL && out[1] == NULL && out[2] == NULL);
+        CHECK_STATUS(nq_workspace_size(ctx, (const nq_kv_desc *)kv, BATCH, &bytes), NQ_ERR_INVALID_ARGUMENT);
+        free(kv);
+        kv = (unsigned char *)pack_array(items, sizeof items[0], BATCH, sizeof(nq_kv_desc) + 8);
+        kv[sizeof(nq_kv_desc) + 8 + sizeof(nq_kv_desc) + 3] = 1; /* unknown non-zero byte in items[1] */
+        CHECK_STATUS(nq_compress_batch(ctx, (const nq_kv_desc *)kv, NULL, BATCH, NULL, NULL, 0, NULL, out, NULL),
+                     NQ_ERR_UNSUPPORTED);
+        CHECK(strstr(nq_last_error(), "items[1]") != NULL && message_names("nq_kv_desc"));
+        free(kv);
+        kv = (unsigned char *)pack_array(items, sizeof items[0], BATCH, sizeof(size_t));
+        CHECK_STATUS(nq_compress_batch(ctx, (const nq_kv_desc *)kv, NULL, BATCH, NULL, NULL, 0, NULL, out, NULL),
+                     NQ_ERR_INVALID_ARGUMENT);
+        CHECK(strstr(nq_last_error(), "items[0].size") != NULL);
+        free(kv);
+        sc = pack_array(scores, sizeof scores[0], BATCH, sizeof(nq_score_desc) + 4);
+        CHECK_STATUS(nq_compress_batch(ctx, items, (const nq_score_desc *)sc, BATCH, NULL, NULL, 0, NULL, out, NULL),
+                     NQ_ERR_INVALID_ARGUMENT);
+        CHECK(strstr(nq_last_error(), "scores[0].size") != NULL);
+        free(sc);
+    }
+    nq_context_free(ctx);
+}
+
 /* A size that cannot be a struct's size. */
 static void bad_sizes(void) {
     nq_config cfg = caller_config();
@@ -396,6 +507,7 @@ int main(void) {
     older_kv_and_scores();
     newer_structs();
     output_structs();
+    batch_arrays();
     bad_sizes();
     abi_introspection();
     return nq_test_report("test_struct_sizes");
