@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Builds the library and runs the Rust and Go bindings' tests and examples against it
 # (through the build tree's uninstalled pkg-config file). A language whose toolchain is
-# missing is skipped with a note, unless NQ_REQUIRE_BINDINGS=1.
+# missing is skipped with a note, unless NQ_REQUIRE_BINDINGS=1 (the default when
+# CI=true: .ci/run installs cargo and go).
 #   NQ_BUILD_DIR  build directory to use (default build; configured and built here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 build=${NQ_BUILD_DIR:-build}
-require=${NQ_REQUIRE_BINDINGS:-0}
+if [ "${CI:-}" = true ]; then require=${NQ_REQUIRE_BINDINGS:-1}; else require=${NQ_REQUIRE_BINDINGS:-0}; fi
 
 cmake -S . -B "$build" >/dev/null
 cmake --build "$build" -j"$(nproc)" --target nexusquant >/dev/null
