@@ -318,6 +318,47 @@ TEST(RoundTrip, BatchOfRaggedItems) {
     EXPECT_EQ(counter.bad_requests, 0);
 }
 
+// A block refers to no context (the header's "Ownership and lifetimes"): it outlives
+// the context that made it, decodes and serialises with another context of the same
+// shape, and frees its bytes through the first context's allocator, which must (and
+// here does) outlive it.
+TEST(RoundTrip, BlockOutlivesItsContext) {
+    const uint32_t H = 2, D = 32, T = 40;
+    CountingAllocator counter;
+    nq_config c = plain_config(H, D);
+    c.allocator = counter.get();
+    Ctx first = make_ctx(c);
+    ASSERT_TRUE(first);
+    Tensor k(NQ_DTYPE_F16, Layout::HTD, H, T, D), v(NQ_DTYPE_F16, Layout::HTD, H, T, D);
+    Values K = random_values(H, T, D), V = random_values(H, T, D);
+    store(k, K);
+    store(v, V);
+    Block b = compress(first.get(), kv_desc(k, v, T));
+    ASSERT_TRUE(b);
+    const uint64_t digest = digest_of(b.get());
+    const Decoded want = decode_all(first.get(), b.get());
+    first.reset();
+    EXPECT_EQ(counter.live.size(), 2u) << "the block's handle and bytes";
+
+    Ctx second = make_ctx(plain_config(H, D));
+    ASSERT_TRUE(second);
+    EXPECT_EQ(digest_of(b.get()), digest);
+    const Decoded got = decode_all(second.get(), b.get());
+    EXPECT_EQ(got.k.x, want.k.x);
+    EXPECT_EQ(got.v.x, want.v.x);
+    size_t cap = 0, written = 0;
+    ASSERT_EQ(nq_block_serialize_bound(b.get(), &cap), NQ_OK);
+    std::vector<uint8_t> archive(cap);
+    ASSERT_EQ(nq_block_serialize(second.get(), b.get(), archive.data(), cap, &written), NQ_OK) << nq_last_error();
+    nq_block *back = nullptr;
+    ASSERT_EQ(nq_block_deserialize(second.get(), archive.data(), written, &back), NQ_OK) << nq_last_error();
+    EXPECT_EQ(digest_of(back), digest);
+    nq_block_free(back);
+    b.reset();
+    EXPECT_TRUE(counter.live.empty());
+    EXPECT_EQ(counter.bad_frees, 0);
+}
+
 // One bad item fails alone: the others are compressed, its handle is NULL, the call
 // returns its status and the message names it.
 TEST(RoundTrip, BatchWithAFailingItem) {
