@@ -440,7 +440,7 @@ typedef struct nq_score_desc {
     int64_t q_stride_token;
     int64_t q_stride_dim;        /* 0 is taken as 1 */
     const int64_t *query_positions; /* NULL = the positions of the last num_queries keys */
-    uint32_t pool_kernel;        /* odd; 0 = 7; 1 = no pooling */
+    uint32_t pool_kernel;        /* odd, < 1024; 0 = 15; 1 = no pooling */
     uint32_t reserved0;
 } nq_score_desc;
 

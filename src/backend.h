@@ -55,6 +55,12 @@ nq_status select_tokens(const nq_context *ctx, const nq_kv_desc &kv, const Layer
 // lp.sink_tokens.
 uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, uint32_t sinks);
 
+// Max-pool width over query scores when nq_score_desc.pool_kernel is 0. 15, not the 7
+// of earlier releases: on SmolLM2-135M the wider window keeps whole facts (the digits of
+// a planted code and their neighbours) and retrieved the needle at every depth where 7
+// lost it, at equal or lower perplexity (BENCHMARKS.md, "Tuning").
+constexpr uint32_t kDefaultPoolKernel = 15;
+
 
 #if defined(NQ_HAVE_GPU)
 // The GPU backend (backends/cuda/; HIP builds compile the same sources). Built when

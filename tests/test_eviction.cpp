@@ -395,7 +395,7 @@ TEST(Eviction, QueryScoresOverGqaHeads) {
         Block b = compress(ctx.get(), in.kv, &sd);
         ASSERT_TRUE(b);
 
-        const uint32_t half = (pool ? pool : 7) / 2;
+        const uint32_t half = (pool ? pool : 15) / 2;  // 15: the documented default
         std::vector<std::vector<double>> score(s.H, std::vector<double>(s.T, 0.0));
         for (uint32_t qh = 0; qh < Hq; ++qh) {
             const uint32_t h = qh / ratio;

@@ -60,7 +60,7 @@ nq_status cpu_scores(const nq_context *ctx, const nq_kv_desc &kv, const nq_score
     float *pooled = ws.take<float>(T);
     if (!logit || !acc || !pooled) return fail(NQ_ERR_BUFFER_TOO_SMALL, "workspace too small for query scores");
     const float inv_sqrt_d = (float)(1.0 / std::sqrt((double)D));
-    const uint32_t half = (sc->pool_kernel ? sc->pool_kernel : 7) / 2;
+    const uint32_t half = (sc->pool_kernel ? sc->pool_kernel : kDefaultPoolKernel) / 2;
     float q[kMaxHeadDim];
     for (size_t i = 0; i < (size_t)H * T; ++i) out[i] = 0.0f;
     for (uint32_t qh = 0; qh < Hq; ++qh) {

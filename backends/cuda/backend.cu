@@ -471,7 +471,7 @@ nq_status gpu_compress(nq_context *ctx, const GpuItem *items, size_t n, void *wo
         q.D = ctx->cfg.head_dim;
         q.T = T;
         q.W = W;
-        q.half_pool = (sc.pool_kernel ? sc.pool_kernel : 7) / 2;
+        q.half_pool = (sc.pool_kernel ? sc.pool_kernel : kDefaultPoolKernel) / 2;
         const int64_t *pos = gi.job.positions;
         for (uint32_t w = 0; w < W; ++w) {
             const int64_t qpos = sc.query_positions ? sc.query_positions[w] : pos[T - W + w];

@@ -211,7 +211,7 @@ nq_status validate_scores(const nq_context *ctx, const nq_kv_desc &kv, const nq_
         uint64_t span;
         if (!axes_injective(ax, 3, &span))
             return fail(NQ_ERR_INVALID_ARGUMENT, "scores.q_stride_head/q_stride_token/q_stride_dim overlap");
-        uint32_t k = sc.pool_kernel ? sc.pool_kernel : 7;
+        uint32_t k = sc.pool_kernel ? sc.pool_kernel : kDefaultPoolKernel;
         if (k % 2 == 0 || k > 1023)
             return fail(NQ_ERR_INVALID_ARGUMENT, "scores.pool_kernel is %u: must be odd and < 1024", sc.pool_kernel);
         return NQ_OK;

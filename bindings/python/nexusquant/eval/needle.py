@@ -53,8 +53,10 @@ def prepare(model, case: NeedleCase, obs_window: int = 0):
 
 
 def retrieve(model, cache, case: NeedleCase, tok, max_new: int = 12) -> bool:
+    # stop as soon as the code is out: the answer cannot change after that
     out = model.generate_greedy(cache, case.prompt_ids[-1], max_new,
-                                stop_ids=(tok.eos_id,) if tok.eos_id is not None else ())
+                                stop_ids=(tok.eos_id,) if tok.eos_id is not None else (),
+                                until=lambda ids: case.code in tok.decode(ids))
     return case.code in tok.decode(out)
 
 

@@ -217,10 +217,11 @@ class NumpyLlama:
 
     # -- convenience -------------------------------------------------------------
     def generate_greedy(self, cache: KVCache, first_token: int, max_new: int,
-                        stop_ids=()) -> List[int]:
+                        stop_ids=(), until=None) -> List[int]:
         """Greedy decoding against ``cache``; ``first_token`` is the token whose
         prediction starts generation (typically the last prompt token, which
-        the caller left out of the prefill)."""
+        the caller left out of the prefill). ``until(tokens)`` returning true
+        stops early (decoding is memory-bound: each step reads every weight)."""
         out, tok = [], int(first_token)
         for _ in range(max_new):
             r = self.extend(cache, [tok])
@@ -229,6 +230,8 @@ class NumpyLlama:
             if tok in stop_ids:
                 break
             out.append(tok)
+            if until is not None and until(out):
+                break
         return out
 
 
