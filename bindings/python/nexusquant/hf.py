@@ -576,10 +576,10 @@ def _shared_ids(segments) -> set:
     return {i for i, n in count.items() if n > 1}
 
 
-def _query_scores(q: torch.Tensor, k: torch.Tensor, kv_heads: int, pool: int = 7) -> torch.Tensor:
+def _query_scores(q: torch.Tensor, k: torch.Tensor, kv_heads: int, pool: int = 15) -> torch.Tensor:
     """What the library's NQ_SCORES_QUERIES computes, in torch: softmax(q k^T / sqrt(d)) of
     the last W queries over the keys they see (causal), summed over the queries,
-    max-pooled over `pool` tokens, summed over the query heads of each KV head.
+    max-pooled over `pool` tokens (the library default, 15), summed over the query heads of each KV head.
     q [q_heads, W, d], k [kv_heads, T, d] (both post-RoPE) -> float32 [kv_heads, T]."""
     hq, w, d = q.shape
     t = k.shape[1]
