@@ -305,6 +305,16 @@ inline Block compress(nq_context *ctx, const nq_kv_desc &kv, const nq_score_desc
     return Block(b);
 }
 
+// A block of random fp16 K/V in [heads][tokens][dim] layout, for tests about blocks
+// rather than about their values.
+inline Block compress_random(nq_context *ctx, uint32_t H, uint32_t T, uint32_t D) {
+    Tensor k(NQ_DTYPE_F16, Layout::HTD, H, T, D), v(NQ_DTYPE_F16, Layout::HTD, H, T, D);
+    Values K = random_values(H, T, D), V = random_values(H, T, D);
+    store(k, K);
+    store(v, V);
+    return compress(ctx, kv_desc(k, v, T));
+}
+
 inline nq_block_info info_of(const nq_block *b) {
     nq_block_info i;
     std::memset(&i, 0, sizeof i);

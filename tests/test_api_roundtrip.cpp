@@ -329,11 +329,7 @@ TEST(RoundTrip, BlockOutlivesItsContext) {
     c.allocator = counter.get();
     Ctx first = make_ctx(c);
     ASSERT_TRUE(first);
-    Tensor k(NQ_DTYPE_F16, Layout::HTD, H, T, D), v(NQ_DTYPE_F16, Layout::HTD, H, T, D);
-    Values K = random_values(H, T, D), V = random_values(H, T, D);
-    store(k, K);
-    store(v, V);
-    Block b = compress(first.get(), kv_desc(k, v, T));
+    Block b = compress_random(first.get(), H, T, D);
     ASSERT_TRUE(b);
     const uint64_t digest = digest_of(b.get());
     const Decoded want = decode_all(first.get(), b.get());
@@ -745,11 +741,7 @@ TEST(RoundTrip, SequenceDecodeIntoPagedLayout) {
 TEST(RoundTrip, BlockCopyOnTheHost) {
     const uint32_t H = 2, T = 30, D = 16;
     Ctx ctx = make_ctx(plain_config(H, D));
-    Tensor kt(NQ_DTYPE_F16, Layout::HTD, H, T, D), vt(NQ_DTYPE_F16, Layout::HTD, H, T, D);
-    Values K = random_values(H, T, D), V = random_values(H, T, D);
-    store(kt, K);
-    store(vt, V);
-    Block b = compress(ctx.get(), kv_desc(kt, vt, T));
+    Block b = compress_random(ctx.get(), H, T, D);
     ASSERT_TRUE(b);
     const void *data;
     size_t bytes;

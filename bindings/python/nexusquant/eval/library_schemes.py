@@ -7,6 +7,8 @@ the model attends to afterwards.
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -96,7 +98,6 @@ PATTERN = r"(e8|scalar)-k(\d)v(\d)((?:" + _OPTION + r")*)"
 
 
 def parse_scheme(m) -> LibraryScheme:
-    import re
     codec, kb, vb, rest = m.groups()
     s = LibraryScheme(m.group(0), k_bits=int(kb), v_bits=int(vb), evict=0.0, codec=codec)
     fields = {"s": "fp16_sinks", "w": "fp16_window", "r": "recent_window", "t": "sink_tokens", "p": "pool_kernel"}

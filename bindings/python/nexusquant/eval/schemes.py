@@ -161,12 +161,11 @@ def _ensure_registered():
 def _register_library():
     # ---- library-backed schemes: everything named by library_schemes() ----
     try:
-        from .library_schemes import library_schemes
+        from .library_schemes import PATTERN, library_schemes, parse_scheme
     except ImportError as e:  # binding module missing: keep the names, fail on use
         for name in ("lossless", "high", "balanced", "max"):
             register(name, lambda n=name, r=str(e): Unavailable(n, r))
         return
     for name, ls in library_schemes().items():
         register(name, lambda s=ls: LibraryAdapter(s))
-    from .library_schemes import PATTERN, parse_scheme
     register_pattern(PATTERN, lambda m: LibraryAdapter(parse_scheme(m)), "{e8|scalar}-kKvV[-eE][-sS][-wW][-rR][-tT][-shared|-paged][-norm][-pP][-La:bkKvV]")
