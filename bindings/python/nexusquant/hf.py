@@ -95,6 +95,7 @@ except ImportError:  # pragma: no cover - older 5.x
 
 from . import _lib as L
 from .core import Block, Context, NexusQuantError, RopeSpec
+from .profiles import merge as merge_profile
 
 __all__ = ["NexusQuantCache", "NexusQuantLayer", "nexusquant_evict", "rope_spec_from_config", "library_has_cuda"]
 
@@ -113,6 +114,12 @@ _DEVICE_EVICTION_OK = False
 def _text_config(config):
     get = getattr(config, "get_text_config", None)
     return get(decoder=True) if get is not None else config
+
+
+def _model_name(config) -> str:
+    """What model profiles match against: the checkpoint's name or path."""
+    return " ".join(str(x) for x in (getattr(config, "_name_or_path", None),
+                                    getattr(config, "name_or_path", None)) if x)
 
 
 def model_shape(config) -> dict:
@@ -640,6 +647,10 @@ class NexusQuantCache(Cache):
         transfer: for CUDA tensors: "auto" (device pointers when the library has a CUDA
             backend, else host staging) or "host-staging" (always copy through host
             memory and use the CPU backend). See `transfer`.
+        profile: "auto" (default): the model profile for `quality` when one matches the
+            model's shape and name (`nexusquant.profiles`: per-layer bits tuned on that
+            model); a profile name to force one; None for the generic preset. Not
+            applied when k_bits, v_bits, overrides, codec or target_ratio are given.
         **context_kwargs: any other `core.Context` setting (sink_tokens, recent_window,
             fp16_sinks, fp16_window, codec, evict_mode, overrides, ...).
 
@@ -653,7 +664,8 @@ class NexusQuantCache(Cache):
     def __init__(self, model_or_config, quality: str = "lossless", *, k_bits: Optional[int] = None,
                  v_bits: Optional[int] = None, evict: Optional[float] = None, window: int = 32, chunk: int = 32,
                  rope: Optional[RopeSpec] = None, scores: str = "queries", query_window: int = 32,
-                 num_threads: Optional[int] = None, transfer: str = "auto", **context_kwargs):
+                 num_threads: Optional[int] = None, transfer: str = "auto", profile: Optional[str] = "auto",
+                 **context_kwargs):
         config = getattr(model_or_config, "config", model_or_config)
         text = _text_config(config)
         shape = model_shape(text)
@@ -672,8 +684,13 @@ class NexusQuantCache(Cache):
             num_threads = max(1, torch.get_num_threads())
         if transfer not in ("auto", "host-staging"):
             raise ValueError("transfer must be 'auto' or 'host-staging'")
-        self._ctx_args = dict(preset=quality, k_bits=k_bits, v_bits=v_bits, evict=evict, rope=self.rope,
-                              num_threads=num_threads, num_layers=shape["num_layers"], **context_kwargs)
+        # the profile's settings for this preset, then everything passed explicitly
+        settings = merge_profile(quality, shape, _model_name(config), profile,
+                                 dict(context_kwargs, k_bits=k_bits, v_bits=v_bits, evict=evict))
+        self.profile_settings = {k: v for k, v in settings.items() if k not in context_kwargs
+                                 and k not in ("k_bits", "v_bits", "evict")}
+        self._ctx_args = dict(preset=quality, rope=self.rope, num_threads=num_threads,
+                              num_layers=shape["num_layers"], **settings)
         self.context = Context(shape["head_dim"], shape["num_kv_heads"], shape["num_q_heads"], **self._ctx_args)
         self._device_contexts = {}
         self.shape = shape

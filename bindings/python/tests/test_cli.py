@@ -34,3 +34,8 @@ def test_nq_eval_tiny(gguf_path, shared_data, capsys, tmp_path):
 def test_unknown_scheme_fails_fast():
     with pytest.raises(KeyError):
         main(["--schemes", "fp16,bogus"])
+
+
+def test_needle_at_out_of_range_fails_fast(capsys):
+    assert main(["--needle-at", "1.5", "--schemes", "fp16"]) == 2
+    assert "--needle-at" in capsys.readouterr().err

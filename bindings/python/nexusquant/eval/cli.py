@@ -43,6 +43,9 @@ def parse_args(argv=None):
     ap.add_argument("--needle-context", type=int, default=0,
                     help="needle haystack tokens (default: --context); the needle is planted at 5 depths "
                          "of each text, and depths the uncompressed cache misses do not count")
+    ap.add_argument("--needle-at", type=float, default=0.5,
+                    help="where in each text the needle haystack starts, as a fraction of its length "
+                         "(default 0.5; other values give haystacks the tuning runs never saw)")
     ap.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     ap.add_argument("--list-schemes", action="store_true")
     ap.add_argument("--threads", type=int,
@@ -92,6 +95,9 @@ def main(argv=None) -> int:
         for name in list_schemes():
             print(name)
         return 0
+    if not 0.0 <= args.needle_at < 1.0:
+        print("nq-eval: --needle-at must be in [0, 1)", file=sys.stderr)
+        return 2
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
     for s in schemes:
         get_scheme(s)  # unknown names fail before the model loads
@@ -111,7 +117,7 @@ def main(argv=None) -> int:
     log(f"model {Path(path).name} loaded in {time.perf_counter() - t0:.1f}s")
     cfg = EvalConfig(texts=texts, schemes=schemes, context=args.context, score=args.score,
                      samples=args.samples, obs_window=args.obs_window, needle=not args.no_needle,
-                     needle_context=args.needle_context, model_path=path)
+                     needle_context=args.needle_context, needle_at=args.needle_at, model_path=path)
     rows = evaluate(model, tok, cfg, log)
     log(f"done in {time.perf_counter() - t0:.1f}s")
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))

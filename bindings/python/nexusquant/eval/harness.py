@@ -33,6 +33,7 @@ class EvalConfig:
     needle: bool = True
     needle_context: int = 0       # haystack tokens; 0 = the context size
     needle_depths: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    needle_at: float = 0.5        # where in the text the haystack starts (fraction of its length)
     model_path: Optional[Path] = None
 
 
@@ -45,11 +46,15 @@ def sample_offsets(n_tokens: int, window: int, samples: int) -> List[int]:
 
 
 class Evaluator:
-    def __init__(self, model, tok, log: Callable[[str], None] = lambda s: None):
+    def __init__(self, model, tok, log: Callable[[str], None] = lambda s: None, model_path=None):
         self.model, self.tok, self.log = model, tok, log
+        # what model profiles match against: the GGUF's general.name and its file name
+        meta = getattr(model, "metadata", None) or {}
+        self.model_name = " ".join(str(x) for x in (meta.get("name"), model_path and Path(model_path).name) if x)
 
     def _ctx(self, queries) -> SchemeContext:
-        return SchemeContext(config=self.model.cfg, rope=self.model.apply_rope, queries=queries)
+        return SchemeContext(config=self.model.cfg, rope=self.model.apply_rope, queries=queries,
+                             model_name=self.model_name)
 
     def _apply(self, scheme, cache, queries):
         t = time.perf_counter()
@@ -133,15 +138,15 @@ class Evaluator:
 
 
 def evaluate(model, tok, cfg: EvalConfig, log: Callable[[str], None] = lambda s: None) -> List[dict]:
-    ev = Evaluator(model, tok, log)
+    ev = Evaluator(model, tok, log, cfg.model_path)
     rows = []
     for path in cfg.texts:
         needles = {}
         if cfg.needle:
-            # each text is its own haystack, taken from its middle: away from file headers
+            # each text is its own haystack, by default from its middle: away from file headers
             text = Path(path).read_text(encoding="utf-8")
-            mid = len(text) // 2
-            needles = ev.needle_scores(text[mid:mid + 8 * (cfg.needle_context or cfg.context)], cfg)
+            start = int(cfg.needle_at * len(text))
+            needles = ev.needle_scores(text[start:start + 8 * (cfg.needle_context or cfg.context)], cfg)
         for name, row in ev.text_rows(path, cfg).items():
             row["needle"], row["needle_depths"] = needles.get(name, (None, 0))
             rows.append(row)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..core import Context, RopeSpec
 from ..model.kvcache import KVCache
+from ..profiles import merge
 
 
 @dataclass
@@ -33,22 +34,32 @@ class LibraryScheme:
     recent_window: Optional[int] = None
     overrides: list = field(default_factory=list)
     use_queries: bool = True   # observation-window query scores when the model gives them
-    pool_kernel: int = 0       # max-pool width over query scores; 0 = the library's (7)
+    pool_kernel: int = 0       # max-pool width over query scores; 0 = the library's (15)
+    profile: Optional[str] = None  # "auto": the model's profile for the preset (profiles.py)
 
-    def context(self, head_dim: int, kv_heads: int, q_heads: int, rope_theta: float, n_layers: int) -> Context:
-        return Context(head_dim, kv_heads, q_heads, preset=self.preset, k_bits=self.k_bits, v_bits=self.v_bits,
-                       evict=self.evict, codec=self.codec, evict_mode=self.evict_mode,
-                       fp16_sinks=self.fp16_sinks, fp16_window=self.fp16_window, sink_tokens=self.sink_tokens,
-                       recent_window=self.recent_window, overrides=self.overrides or None, num_layers=n_layers,
-                       rope=RopeSpec(mode="remove", pairing="split", theta=rope_theta))
+    def settings(self, shape: dict, model_name: str) -> dict:
+        """Context settings: the model profile's (when asked for and matching), then ours."""
+        explicit = dict(k_bits=self.k_bits, v_bits=self.v_bits, evict=self.evict, codec=self.codec,
+                        evict_mode=self.evict_mode, fp16_sinks=self.fp16_sinks, fp16_window=self.fp16_window,
+                        sink_tokens=self.sink_tokens, recent_window=self.recent_window,
+                        overrides=self.overrides or None)
+        return merge(self.preset, shape, model_name, self.profile, explicit)
 
-    def apply(self, cache: KVCache, *, q_heads: int, rope_theta: float, queries=None):
-        """Returns (new KVCache, compressed bytes, resident block count).
+    def context(self, head_dim: int, kv_heads: int, q_heads: int, rope_theta: float, n_layers: int,
+                model_name: str = "") -> Context:
+        shape = {"num_layers": n_layers, "num_q_heads": q_heads, "num_kv_heads": kv_heads, "head_dim": head_dim}
+        return Context(head_dim, kv_heads, q_heads, preset=self.preset, num_layers=n_layers,
+                       rope=RopeSpec(mode="remove", pairing="split", theta=rope_theta),
+                       **self.settings(shape, model_name))
 
-        queries: optional per-layer [q_heads, W, head_dim] last queries (post-RoPE)."""
+    def apply(self, cache: KVCache, *, q_heads: int, rope_theta: float, queries=None, model_name: str = ""):
+        """Returns (new KVCache, compressed bytes).
+
+        queries: optional per-layer [q_heads, W, head_dim] last queries (post-RoPE).
+        model_name: matched against the model profiles when self.profile is "auto"."""
         kv_heads = cache.n_kv_heads
         head_dim = cache.keys[0][0].shape[-1]
-        ctx = self.context(head_dim, kv_heads, q_heads, rope_theta, cache.n_layers)
+        ctx = self.context(head_dim, kv_heads, q_heads, rope_theta, cache.n_layers, model_name)
         keys, values, positions = [], [], []
         total = 0
         for layer in range(cache.n_layers):
@@ -71,17 +82,14 @@ class LibraryScheme:
 
 def library_schemes() -> dict:
     """Named schemes: the presets, plus explicit E8 and scalar-codec points at equal bits."""
-    s = {
-        "lossless": LibraryScheme("lossless", preset="lossless"),
-        "high": LibraryScheme("high", preset="high"),
-        "balanced": LibraryScheme("balanced", preset="balanced"),
-        "max": LibraryScheme("max", preset="max"),
-    }
-    # lossless tuned for SmolLM2-135M: fp16 window 8 (not 32) pays for K4/V3 in the five
-    # layers whose precision moved next-token KL most in a per-layer probe (BENCHMARKS.md)
-    s["lossless-smollm2"] = LibraryScheme("lossless-smollm2", preset="lossless", fp16_window=8, overrides=[
-        {"layers": (17, 19), "k_bits": 4, "v_bits": 3}, {"layers": (20, 21), "k_bits": 4, "v_bits": 3},
-        {"layers": (23, 25), "k_bits": 4, "v_bits": 3}])
+    s = {}
+    # a preset name applies the model's profile when there is one (profiles.py: per-layer
+    # bits tuned on that model); "-generic" is the preset exactly as the C library has it
+    for preset in ("lossless", "high", "balanced", "max"):
+        s[preset] = LibraryScheme(preset, preset=preset, profile="auto")
+        s[preset + "-generic"] = LibraryScheme(preset + "-generic", preset=preset)
+    # the SmolLM2-135M profile by name (the tuning runs' name for it)
+    s["lossless-smollm2"] = LibraryScheme("lossless-smollm2", preset="lossless", profile="smollm2-135m")
     for kb, vb in ((4, 4), (4, 3), (3, 3), (3, 2), (2, 2)):
         for codec in ("e8", "scalar"):
             name = f"{codec}-k{kb}v{vb}"

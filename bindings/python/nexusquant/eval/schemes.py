@@ -33,6 +33,7 @@ class SchemeContext:
     config: object = None                  # LlamaConfig
     rope: Optional[Callable] = None        # rope(x, positions, inverse=False)
     queries: Optional[List[np.ndarray]] = None  # per layer [q_heads, W, d]
+    model_name: str = ""                   # matched against model profiles (profiles.py)
 
 
 @dataclass
@@ -91,7 +92,7 @@ class LibraryAdapter(Scheme):
     def apply(self, cache, ctx):
         cfg = ctx.config
         out = self.lib_scheme.apply(cache, q_heads=cfg.n_heads, rope_theta=cfg.rope_theta,
-                                    queries=ctx.queries)
+                                    queries=ctx.queries, model_name=ctx.model_name)
         new_cache, nbytes = out[0], out[1]
         return SchemeResult(new_cache, int(nbytes))
 
