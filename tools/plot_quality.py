@@ -22,6 +22,8 @@ PRESETS = ("lossless", "high", "balanced", "max")
 def family(scheme: str) -> str:
     if scheme in PRESETS:
         return "nexusquant presets"
+    if scheme.endswith("-generic") and scheme[:-len("-generic")] in PRESETS:
+        return "nexusquant presets without the model profile"
     if scheme.startswith("e8-"):
         return "nexusquant E8, other settings"
     if scheme.startswith("scalar-"):
@@ -33,6 +35,8 @@ def family(scheme: str) -> str:
 
 STYLE = {
     "nexusquant presets": dict(color="tab:red", marker="o", s=60, zorder=5),
+    "nexusquant presets without the model profile": dict(color="tab:red", marker="o", s=40, zorder=4,
+                                                         facecolors="none"),
     "nexusquant E8, other settings": dict(color="tab:orange", marker="o", s=25, zorder=4),
     "nexusquant scalar codec": dict(color="tab:purple", marker="s", s=30, zorder=4),
     "peers": dict(color="tab:blue", marker="^", s=45, zorder=3),
