@@ -31,11 +31,16 @@ class ModelProfile:
     presets: Dict[str, dict] = field(default_factory=dict)
     evidence: str = ""
 
+    def fits(self, shape: Dict[str, int]) -> bool:
+        return all(shape.get(k) == v for k, v in self.shape.items())
+
     def matches(self, shape: Dict[str, int], model_name: str) -> bool:
-        if any(shape.get(k) != v for k, v in self.shape.items()):
-            return False
         key = _normalise(model_name)
-        return any(k in key for k in self.name_keys)
+        return self.fits(shape) and any(k in key for k in self.name_keys)
+
+    def settings_for(self, preset: str) -> dict:
+        """Context settings this profile gives `preset` ({} for a preset it does not tune)."""
+        return dict(self.presets.get(_ALIASES.get(preset, preset), {}))
 
 
 def _normalise(s: str) -> str:
@@ -61,7 +66,7 @@ PROFILES = (
                          "overrides": _layers((1, 3), (7, 9), (14, 15), (17, 19), (20, 21), (23, 25),
                                               k_bits=4, v_bits=3)},
         },
-        evidence="BENCHMARKS.md, 'Tuning runs': per-layer probe and the 1024/2048-token tables",
+        evidence="BENCHMARKS.md, 'Tuning': per-layer probe and the 1024/2048-token tables",
     ),
 )
 
@@ -77,12 +82,13 @@ def find_profile(shape: Dict[str, int], model_name: str) -> Optional[ModelProfil
     return None
 
 
-def profile_settings(shape: Dict[str, int], model_name: str, preset: str) -> dict:
-    """Context settings a matching profile gives `preset` ({} when none applies)."""
-    p = find_profile(shape, model_name)
+def _named_profile(name: str, shape: Dict[str, int]) -> ModelProfile:
+    p = next((q for q in PROFILES if q.name == name), None)
     if p is None:
-        return {}
-    return dict(p.presets.get(_ALIASES.get(preset, preset), {}))
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(q.name for q in PROFILES)}")
+    if not p.fits(shape):
+        raise ValueError(f"profile {name!r} is for shape {p.shape}, the model has {shape}")
+    return p
 
 
 # Explicit settings that change what the profile was tuned against: with any of them the
@@ -95,19 +101,13 @@ def merge(preset: str, shape: Dict[str, int], model_name: str, profile, explicit
     one; a name: that profile, whose shape must match; None: none), then `explicit`
     settings that are not None on top. A profile is skipped when `explicit` sets bits,
     overrides, a target ratio or a codec (see _RETUNED)."""
-    base: dict = {}
     retuned = any(explicit.get(k) not in (None, 0, 0.0, "e8", [], ()) for k in _RETUNED)
-    if retuned:
-        pass
-    elif profile == "auto":
-        base = profile_settings(shape, model_name, preset)
-    elif profile is not None:
-        p = next((q for q in PROFILES if q.name == profile), None)
-        if p is None:
-            raise ValueError(f"unknown profile {profile!r}; known: {', '.join(q.name for q in PROFILES)}")
-        if any(shape.get(k) != v for k, v in p.shape.items()):
-            raise ValueError(f"profile {profile!r} is for shape {p.shape}, the model has {shape}")
-        base = dict(p.presets.get(_ALIASES.get(preset, preset), {}))
+    chosen = None
+    if not retuned and profile == "auto":
+        chosen = find_profile(shape, model_name)
+    elif not retuned and profile is not None:
+        chosen = _named_profile(profile, shape)
+    base = chosen.settings_for(preset) if chosen is not None else {}
     base.update({k: v for k, v in explicit.items() if v is not None})
     return base
 
