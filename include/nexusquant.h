@@ -630,6 +630,87 @@ NQ_API nq_status nq_sequence_positions(const nq_sequence *seq, uint32_t head, ui
                                        uint32_t token_end, int64_t *dst);
 NQ_API void nq_sequence_free(nq_sequence *seq);
 
+/* ---------------------------------------------------------------- attention */
+
+/* Decode-step attention that reads resident blocks as they are (no decode to fp16).
+ *
+ * For every sequence s, query token i (0..q_tokens-1) and query head h, with
+ * g = h / (num_q_heads / num_kv_heads) its KV head, over the kept tokens t of KV head g
+ * in the sequence's blocks:
+ *   x_t   = scale * dot(q[s,i,h], k_t)             k_t as decode would return it (RoPE
+ *                                                  at the original position for blocks
+ *                                                  with NQ_ROPE_REMOVE or NQ_ROPE_KEEP)
+ *   x_t   = softcap * tanh(x_t / softcap)          when softcap > 0
+ *   visible: always when q_positions is NULL; else pos_t <= qpos (causal) and, when
+ *            window > 0, qpos - pos_t < window
+ *   lse[s,i,h] = ln(sum over visible t of exp(x_t))        (-INFINITY if none visible)
+ *   out[s,i,h] = sum over visible t of exp(x_t - lse) v_t  (zeros if none visible)
+ * Queries carry RoPE as the model applied it. With per-head eviction each KV head
+ * attends its own kept tokens (nq_block_positions says which).
+ *
+ * Merging with attention over other keys (the engine's own uncompressed recent
+ * tokens, or another call): for two partial results (o1, lse1) and (o2, lse2) of the
+ * same query, lse = lse_max + ln(exp(lse1 - lse_max) + exp(lse2 - lse_max)) with
+ * lse_max = max(lse1, lse2), and o = exp(lse1 - lse) o1 + exp(lse2 - lse) o2; a part
+ * with lse = -INFINITY contributes nothing. nq_attention_merge does this on the host. */
+typedef struct nq_attention_desc {
+    size_t size;                 /* sizeof(nq_attention_desc), set by nq_attention_desc_init */
+    nq_memory memory;            /* where block_images, block_indptr, q, out, lse and
+                                    q_positions point (and the blocks' images live) */
+    int32_t device;
+    uint32_t num_seqs;           /* sequences in the batch */
+    uint32_t q_tokens;           /* query tokens per sequence, 1..64 */
+    nq_dtype dtype;              /* of q and out: F16, BF16 or F32 */
+    uint32_t reserved0;
+    /* The block table: sequence s owns block_images[block_indptr[s] .. block_indptr[s+1]),
+     * in order of position. Each entry is a resident image (nq_block_data()) whose
+     * num_heads and head_dim match the context. With device memory the table may be
+     * rewritten between graph replays: the kernel reads it when it runs. */
+    const void *const *block_images;
+    const uint32_t *block_indptr; /* num_seqs + 1 entries, non-decreasing */
+    /* q[s, i, h, d] at q + s*q_stride_seq + i*q_stride_token + h*q_stride_head + d
+     * (elements); a zero stride takes the dense value ([seqs][q_tokens][q_heads][dim]). */
+    const void *q;
+    int64_t q_stride_seq;
+    int64_t q_stride_token;
+    int64_t q_stride_head;
+    /* out[s, i, h, d] likewise, in dtype. */
+    void *out;
+    int64_t out_stride_seq;
+    int64_t out_stride_token;
+    int64_t out_stride_head;
+    float *lse;                  /* NULL, or fp32 [num_seqs][q_tokens][num_q_heads] */
+    const int64_t *q_positions;  /* NULL (no mask), or [num_seqs][q_tokens] positions */
+    float scale;                 /* softmax scale; 0 = 1/sqrt(head_dim) */
+    float softcap;               /* logit soft-cap; 0 = none */
+    uint32_t window;             /* sliding window in positions; 0 = none (needs q_positions) */
+    uint32_t num_splits;         /* pieces each (sequence, KV head) is split into on a GPU;
+                                    0 = the library chooses from the batch and the device */
+} nq_attention_desc;
+
+/* Fills *desc with zeros and sets desc->size. */
+NQ_API void nq_attention_desc_init(nq_attention_desc *desc);
+
+/* Scratch bytes nq_attention_decode needs for this batch when the caller passes a
+ * workspace (a function of num_seqs, q_tokens, the heads and num_splits only, so a
+ * graph captured with one workspace may replay over any block table). */
+NQ_API nq_status nq_attention_workspace_size(const nq_context *ctx, const nq_attention_desc *desc, size_t *bytes);
+
+/* Attention of the queries over the sequences' blocks, on the backend of desc->memory
+ * (the CPU for host memory), enqueued on `stream` for a GPU: one launch, nothing
+ * synchronises, capturable into a CUDA graph. workspace: NULL (scratch from the
+ * context's allocator) or nq_attention_workspace_size() bytes in desc->memory. Host
+ * block tables are validated (every image's header, its heads and head_dim); device
+ * tables are read by the kernel and must hold images the library wrote. */
+NQ_API nq_status nq_attention_decode(nq_context *ctx, const nq_attention_desc *desc, void *workspace,
+                                     size_t workspace_bytes, void *stream);
+
+/* Merges two partial attention results of the same queries (host memory, fp32):
+ * out[r*dim + d] and lse[r] for r in [0, rows) become the attention over both key sets;
+ * (out_b, lse_b) is read. Either may be a result with no visible key (lse -INFINITY). */
+NQ_API nq_status nq_attention_merge(float *out, float *lse, const float *out_b, const float *lse_b, size_t rows,
+                                    uint32_t dim);
+
 /* ---------------------------------------------------------------- ABI introspection */
 
 /* sizeof / offsetof of the public structs as this library was built, so bindings can
