@@ -6,6 +6,8 @@
 // 8..128) and 2..4 heads. Appending a case is fine; changing one changes its pins.
 #include "golden_vectors.h"
 
+#include <iterator>
+
 namespace golden {
 
 namespace {
@@ -21,7 +23,7 @@ constexpr Scores NOSC = Scores::None, KEYNORM = Scores::KeyNorm, GIVEN = Scores:
 constexpr Positions CONTIG = Positions::Contiguous, GAPPED = Positions::Gapped, WIDE = Positions::Wide;
 
 // clang-format off
-const std::vector<Case> kCases = {
+const Case kCases[] = {
 //  name                                   seed  H  D    T   dtype codec k  v  rope    pair   rot scaling  factor orig  evict     frac   sink win f16s f16w page scores   positions start  arch   inputs
   {"e8_k1v1_f16_plain",                    101, 2, 32,  16, F16,  E8,  1, 1, NONE,   SPLIT,  0, NOSCALE, 1.0,  0,   NOEVICT,  0.0f,  0,   0,  0,   0,   0,   NOSC,    CONTIG, 0,     true,  true},
   {"e8_k2v3_bf16_remove_fp16_ends",        102, 2, 64,  24, BF16, E8,  2, 3, REMOVE, SPLIT,  0, NOSCALE, 1.0,  0,   NOEVICT,  0.0f,  1,   2,  1,   2,   0,   NOSC,    CONTIG, 0,     true,  false},
@@ -51,6 +53,10 @@ const std::vector<Case> kCases = {
 
 }  // namespace
 
-const std::vector<Case> &cases() { return kCases; }
+// A function-local copy: the table is usable from other files' static initialisers.
+const std::vector<Case> &cases() {
+    static const std::vector<Case> v(std::begin(kCases), std::end(kCases));
+    return v;
+}
 
 }  // namespace golden
