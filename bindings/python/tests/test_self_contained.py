@@ -4,6 +4,8 @@ the evaluation data kept at ../shared on the development machines. Tests, CI
 scripts, benchmark records and documentation may name it."""
 import hashlib
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,10 +80,22 @@ def test_packaged_text_is_found_without_the_shared_data():
 
 def test_installed_package_carries_the_text(tmp_path):
     # What `pip install ./bindings/python` puts on disk, imported from elsewhere.
-    pytest.importorskip("setuptools")
+    # The build runs offline with this interpreter's setuptools (>= 61 reads pyproject
+    # metadata; before 70.1 it builds wheels through the separate wheel package).
+    setuptools = pytest.importorskip("setuptools")
+    version = tuple(int(x) for x in re.findall(r"\d+", setuptools.__version__)[:2])
+    if version < (61, 0):
+        pytest.skip(f"setuptools {setuptools.__version__} is older than the package needs")
+    if version < (70, 1):
+        pytest.importorskip("wheel")
+    # From a copy of the sources, so that no earlier build's file list leaks in and the
+    # checkout gets no build outputs.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "bindings" / "python", src,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache", "tests"))
     target = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                        "--no-index", "--target", str(target), str(ROOT / "bindings" / "python")],
+                        "--no-index", "--target", str(target), str(src)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     probe = ("from nexusquant.eval.cli import default_texts; t = default_texts(); "
@@ -89,6 +103,8 @@ def test_installed_package_carries_the_text(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    path, size = out.stdout.split()
+    fields = out.stdout.split()
+    assert len(fields) == 2, f"the installed package carries no default text ({out.stdout!r})"
+    path, size = fields
     assert Path(path).resolve().is_relative_to(target.resolve())
     assert int(size) == DEFAULT_SIZE
