@@ -95,9 +95,28 @@ def _layout(view: _View) -> L.Layout:
     return lay
 
 
-def _kv_desc(kv: _View, vv: _View, layer: int, positions, start_position: int) -> tuple:
-    if len(kv.shape) != 3 or kv.shape != vv.shape:
-        raise ValueError(f"k and v must both be [kv_heads, tokens, head_dim]; got {kv.shape} and {vv.shape}")
+def _check_kv_shape(kv: _View, vv: _View, kv_heads: int, head_dim: int) -> None:
+    # The library trusts the descriptor's head count and head_dim (they come from the
+    # context), so an array of another shape would be read with the wrong meaning or
+    # past its end: refuse it here, where the array's own shape is still known.
+    if len(kv.shape) != 3 or len(vv.shape) != 3:
+        raise ValueError(f"k and v must both be 3-D [kv_heads, tokens, head_dim]; got shapes {kv.shape} and {vv.shape}")
+    if kv.shape != vv.shape:
+        raise ValueError(f"k and v shapes differ: k {kv.shape}, v {vv.shape}; both must be [kv_heads, tokens, head_dim]")
+    heads, tokens, dim = kv.shape
+    if heads != kv_heads:
+        hint = ""
+        if tokens == kv_heads:
+            hint = " (it looks like [tokens, kv_heads, head_dim]: pass k.transpose(1, 0, 2) and v likewise)"
+        raise ValueError(f"k and v shape {kv.shape}: dimension 0 (kv_heads) is {heads}, the context has "
+                         f"num_kv_heads={kv_heads}; arrays are [kv_heads, tokens, head_dim]{hint}")
+    if dim != head_dim:
+        raise ValueError(f"k and v shape {kv.shape}: dimension 2 (head_dim) is {dim}, the context has "
+                         f"head_dim={head_dim}; arrays are [kv_heads, tokens, head_dim]")
+
+
+def _kv_desc(kv: _View, vv: _View, layer: int, positions, start_position: int, ctx: "Context") -> tuple:
+    _check_kv_shape(kv, vv, ctx.num_kv_heads, ctx.head_dim)
     if kv.dtype != vv.dtype or kv.memory != vv.memory:
         raise ValueError("k and v must have the same dtype and device")
     d = L.KvDesc()
@@ -117,7 +136,7 @@ def _kv_desc(kv: _View, vv: _View, layer: int, positions, start_position: int) -
     return d, keep
 
 
-def _score_desc(scores, queries, query_positions, pool_kernel) -> tuple:
+def _score_desc(scores, queries, query_positions, pool_kernel, ctx: "Context", tokens: int) -> tuple:
     if scores is None and queries is None:
         return None, None
     s = L.ScoreDesc()
@@ -125,12 +144,18 @@ def _score_desc(scores, queries, query_positions, pool_kernel) -> tuple:
     keep = []
     if scores is not None:
         a = np.ascontiguousarray(np.asarray(scores, dtype=np.float32))
+        if a.shape != (ctx.num_kv_heads, tokens):
+            raise ValueError(f"scores shape {a.shape}: must be [kv_heads, tokens] = ({ctx.num_kv_heads}, {tokens})")
         keep.append(a)
         s.kind = 1
         s.scores = a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         s.score_stride_head, s.score_stride_token = a.strides[0] // 4, a.strides[1] // 4
     else:
         q = _View(queries)
+        q_heads = ctx.num_q_heads or ctx.num_kv_heads
+        if len(q.shape) != 3 or q.shape[0] != q_heads or q.shape[2] != ctx.head_dim:
+            raise ValueError(f"queries shape {q.shape}: must be [q_heads, queries, head_dim] with "
+                             f"q_heads={q_heads} and head_dim={ctx.head_dim}")
         keep.append(q)
         s.kind = 2
         s.queries = q.ptr
@@ -140,6 +165,8 @@ def _score_desc(scores, queries, query_positions, pool_kernel) -> tuple:
         s.q_stride_head, s.q_stride_token, s.q_stride_dim = q.strides
         if query_positions is not None:
             qp = np.ascontiguousarray(np.asarray(query_positions, dtype=np.int64))
+            if qp.shape != (q.shape[1],):
+                raise ValueError(f"query_positions shape {qp.shape}: must be ({q.shape[1]},), one per query")
             keep.append(qp)
             s.query_positions = qp.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
         s.pool_kernel = pool_kernel
@@ -234,8 +261,8 @@ class Sequence:
                query_positions=None, pool_kernel: int = 0, dtype: Optional[str] = None, stream=None):
         """stream: a cudaStream_t (int) for device pointers; None = the default stream."""
         kv, vv = _View(k, dtype), _View(v, dtype)
-        d, keep_pos = _kv_desc(kv, vv, 0, positions, start_position)
-        s, keep_s = _score_desc(scores, queries, query_positions, pool_kernel)
+        d, keep_pos = _kv_desc(kv, vv, 0, positions, start_position, self._ctx)
+        s, keep_s = _score_desc(scores, queries, query_positions, pool_kernel, self._ctx, kv.shape[1])
         _check(L.lib().nq_sequence_append(self._h, ctypes.byref(d), ctypes.byref(s) if s is not None else None,
                                           stream))
 
@@ -327,7 +354,7 @@ class Context:
         h = ctypes.c_void_p()
         _check(lib.nq_context_create(ctypes.byref(c), ctypes.byref(h)))
         self._h = h
-        self.head_dim, self.num_kv_heads = head_dim, num_kv_heads
+        self.head_dim, self.num_kv_heads, self.num_q_heads = head_dim, num_kv_heads, num_q_heads
 
     def __del__(self):
         self.free()
@@ -361,8 +388,8 @@ class Context:
         [q_heads, W, head_dim] last queries (post-RoPE); neither = key-norm proxy.
         """
         kv, vv = _View(k, dtype), _View(v, dtype)
-        d, keep_pos = _kv_desc(kv, vv, layer, positions, start_position)
-        s, keep_s = _score_desc(scores, queries, query_positions, pool_kernel)
+        d, keep_pos = _kv_desc(kv, vv, layer, positions, start_position, self)
+        s, keep_s = _score_desc(scores, queries, query_positions, pool_kernel, self, kv.shape[1])
         h = ctypes.c_void_p()
         _check(L.lib().nq_compress_kv(self.handle, ctypes.byref(d), ctypes.byref(s) if s is not None else None,
                                       None, ctypes.byref(h)))
@@ -371,7 +398,7 @@ class Context:
     def compress_bound(self, k, v, *, layer: int = 0, positions=None, start_position: int = 0,
                        dtype: Optional[str] = None) -> int:
         kv, vv = _View(k, dtype), _View(v, dtype)
-        d, keep = _kv_desc(kv, vv, layer, positions, start_position)
+        d, keep = _kv_desc(kv, vv, layer, positions, start_position, self)
         n = ctypes.c_size_t()
         _check(L.lib().nq_compress_bound(self.handle, ctypes.byref(d), ctypes.byref(n)))
         return n.value

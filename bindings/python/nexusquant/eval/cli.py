@@ -11,28 +11,22 @@ import time
 from pathlib import Path
 
 DEFAULT_SCHEMES = "fp16,fp8,kivi2,kivi4,q8_0,q4_0,q4_0h"
-DEFAULT_TEXTS = ("wikitext-2-raw-test.txt", "tinyshakespeare.txt")
-
-
-def _repo_root() -> Path:
-    # bindings/python/nexusquant/eval/cli.py -> repository root
-    return Path(__file__).resolve().parents[4]
+# Shipped inside the package (nexusquant/data/README.md: source, licence, sha256), so
+# the defaults work in a clone or an installed package with no other files around.
+DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare-excerpt.txt"
 
 
 def default_texts():
-    """The shared evaluation texts beside the repository, when present."""
-    for base in (_repo_root() / ".." / "shared" / "data", Path.cwd() / ".." / "shared" / "data"):
-        found = [base / n for n in DEFAULT_TEXTS if (base / n).is_file()]
-        if found:
-            return [p.resolve() for p in found]
-    return []
+    """The text nq-eval reads when no --text is given: the packaged Shakespeare excerpt."""
+    return [DEFAULT_TEXT] if DEFAULT_TEXT.is_file() else []
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="nq-eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--text", action="append", type=Path,
-                    help="text file (repeatable); default: the shared wikitext-2 and tinyshakespeare")
+                    help="text file (repeatable); default: the Shakespeare excerpt shipped in the package "
+                         "(nexusquant/data/tinyshakespeare-excerpt.txt)")
     ap.add_argument("--context", type=int, default=1024, help="prefill tokens N (compressed)")
     ap.add_argument("--score", type=int, default=128, help="scored tokens M after the context")
     ap.add_argument("--samples", type=int, default=2, help="windows per text")
@@ -103,7 +97,8 @@ def main(argv=None) -> int:
         get_scheme(s)  # unknown names fail before the model loads
     texts = args.text or default_texts()
     if not texts:
-        print("nq-eval: no --text given and the default texts are not present", file=sys.stderr)
+        print(f"nq-eval: no --text given and the packaged text {DEFAULT_TEXT} is missing "
+              "(reinstall the package)", file=sys.stderr)
         return 2
 
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
