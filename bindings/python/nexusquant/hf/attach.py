@@ -167,6 +167,13 @@ class nexusquant_evict:
                 # the prefill attends with the caller's mask; the cache stores only the
                 # real tokens of left-padded prompts
                 cache._prefill_pads = _left_pads(mask)
+                if cache._prefill_pads is not None and cache.uncompressed_layers:
+                    # the compressed layers' keys are right-aligned per element while the
+                    # sliding layers keep the padded token axis: one 2D mask cannot fit both
+                    raise NotImplementedError(
+                        "nexusquant: left-padded batches are not supported on models with sliding-window layers "
+                        f"(layers {cache.uncompressed_layers}); batch only prompts of equal length, or run "
+                        "them one at a time")
             elif cache.ragged and "attention_mask" in fwd_sig.parameters:
                 x = bound.get("input_ids")
                 x = x if x is not None else bound.get("inputs_embeds")

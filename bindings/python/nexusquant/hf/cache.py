@@ -217,6 +217,11 @@ class NexusQuantCache(Cache):
         return [l for l in self.layers if isinstance(l, NexusQuantLayer)]
 
     @property
+    def uncompressed_layers(self) -> list:
+        """Indices of the layers kept as transformers' own (sliding window, chunked)."""
+        return [i for i, l in enumerate(self.layers) if not isinstance(l, NexusQuantLayer)]
+
+    @property
     def compress_calls(self) -> int:
         """Library compress calls so far (one per layer and batch element per block)."""
         return sum(l.compress_calls for l in self.compressed_layers)
