@@ -142,7 +142,17 @@ def _score_desc(scores, queries, query_positions, pool_kernel, ctx: "Context", t
     s = L.ScoreDesc()
     L.lib().nq_score_desc_init(ctypes.byref(s))
     keep = []
-    if scores is not None:
+    if scores is not None and type(scores).__module__.startswith("torch"):
+        # a float32 torch tensor where it lives (host or device memory: the GPU backend
+        # reads device scores without a copy)
+        a = _View(scores)
+        if a.dtype != DTYPE["float32"] or len(a.shape) != 2:
+            raise ValueError("scores must be a float32 [kv_heads, tokens] tensor")
+        keep.append(a)
+        s.kind, s.memory = 1, a.memory
+        s.scores = ctypes.cast(a.ptr, ctypes.POINTER(ctypes.c_float))
+        s.score_stride_head, s.score_stride_token = a.strides
+    elif scores is not None:
         a = np.ascontiguousarray(np.asarray(scores, dtype=np.float32))
         if a.shape != (ctx.num_kv_heads, tokens):
             raise ValueError(f"scores shape {a.shape}: must be [kv_heads, tokens] = ({ctx.num_kv_heads}, {tokens})")

@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from nexusquant import hf  # noqa: E402
+from nexusquant.hf.scores import query_scores  # noqa: E402
 from nexusquant.hf import NexusQuantCache, nexusquant_evict, rope_spec_from_config  # noqa: E402
 
 VOCAB = 512
@@ -47,10 +48,10 @@ def greedy(model, ids, n, **kw):
 def first_step(model, ids, cache):
     """Logits of the prefill and of the first decode step (greedy token) with `cache`."""
     with torch.no_grad():
-        out = model(ids, past_key_values=cache)
+        out = model(ids, cache=cache)
         nxt = out.logits[:, -1:].argmax(-1)
-        step = model(nxt, past_key_values=out.past_key_values)
-    return out.logits, step.logits, out.past_key_values
+        step = model(nxt, cache=out.cache)
+    return out.logits, step.logits, out.cache
 
 
 def rel_err(a, b):
@@ -170,7 +171,7 @@ def test_prefill_tensors_are_dropped(model):
     ids = prompt(length=200)
     with nexusquant_evict(model, quality="balanced"):
         with torch.no_grad():
-            cache = model(ids).past_key_values
+            cache = model(ids).cache
     for layer in cache.compressed_layers:
         assert layer.window_length == 0 and layer._pending is None
         assert layer.keys.numel() == 0
@@ -187,7 +188,7 @@ def test_eviction_keeps_original_positions(model):
     ids = prompt(length=T)
     with nexusquant_evict(model, quality="balanced"):
         with torch.no_grad():
-            cache = model(ids).past_key_values
+            cache = model(ids).cache
     for layer in range(2):
         stored = cache.layers[layer].stored
         assert stored < T
@@ -200,7 +201,7 @@ def test_eviction_keeps_original_positions(model):
     assert cache.get_mask_sizes(1, 0) == (stored + 1, T - stored)
     # one decode step: the new token is at position T, in the window
     with torch.no_grad():
-        model(torch.tensor([[5]]), past_key_values=cache)
+        model(torch.tensor([[5]]), cache=cache)
     assert cache.positions(0, 0, 0)[-1] == T and cache.get_seq_length() == T + 1
 
 
@@ -212,14 +213,14 @@ def test_queries_score_eviction_inside_the_manager(model):
             warnings.simplefilter("error")  # no key-norm fallback warning inside the manager
             with nexusquant_evict(model, quality="balanced", scores=scores):
                 with torch.no_grad():
-                    cache = model(ids).past_key_values
+                    cache = model(ids).cache
         digests[scores] = [layer.blocks(0)[0].digest() for layer in cache.compressed_layers]
     assert digests["queries"] != digests["key-norm"]
     # a cache used outside the manager cannot see queries: it warns and ranks by key norm
     cache = NexusQuantCache(model, quality="balanced")
     with pytest.warns(UserWarning, match="key-norm"):
         with torch.no_grad():
-            model(ids, past_key_values=cache)
+            model(ids, cache=cache)
     assert [layer.blocks(0)[0].digest() for layer in cache.compressed_layers] == digests["key-norm"]
 
 
@@ -232,7 +233,7 @@ def test_torch_query_scores_match_the_library():
     q = 2 * torch.randn(6, 32, 32, generator=g)
     ctx = Context(32, 2, 6, preset="balanced", rope=RopeSpec(mode="none"))
     by_lib = ctx.compress(k, v, queries=q)
-    by_torch = ctx.compress(k, v, scores=hf._query_scores(q, k, 2).numpy())
+    by_torch = ctx.compress(k, v, scores=query_scores(q, k, 2).numpy())
     assert by_lib.tokens_kept < 300
     assert by_lib.digest() == by_torch.digest()
 
@@ -245,7 +246,7 @@ def test_window_and_chunks(model):
     with nexusquant_evict(model, quality="lossless", window=4, chunk=8) as nq:
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=30, do_sample=False,
                              return_dict_in_generate=True)
-    cache = out.past_key_values
+    cache = out.cache
     seen = 64 + 29  # the last generated token has not been through the model
     layer = cache.layers[0]
     assert cache.get_seq_length() == seen
@@ -271,7 +272,7 @@ def test_batch_equals_single(model):
         assert torch.equal(both.sequences[b], singles[b].sequences[0])
         for s_both, s_one in zip(both.scores, singles[b].scores):
             torch.testing.assert_close(s_both[b], s_one[0], rtol=1e-4, atol=1e-4)
-        for lb, l1 in zip(both.past_key_values.compressed_layers, singles[b].past_key_values.compressed_layers):
+        for lb, l1 in zip(both.cache.compressed_layers, singles[b].cache.compressed_layers):
             # batched and single forwards may round K/V differently in the last bits (BLAS
             # kernels), so the blocks are compared by what they keep, not byte for byte
             assert lb.stored == l1.stored
@@ -290,13 +291,13 @@ def test_left_padding(model):
                                   return_dict_in_generate=True, output_scores=True)
             alone = model.generate(ids[1:, 20:], attention_mask=mask[1:, 20:], max_new_tokens=10, do_sample=False,
                                    return_dict_in_generate=True, output_scores=True)
-        cache = both.past_key_values
+        cache = both.cache
         layer = cache.layers[0]
         # the padding is not stored: element 1 holds what it holds when run alone
         assert layer.pads == [0, 20]
-        assert layer.counts[1] == alone.past_key_values.layers[0].counts[0] < layer.counts[0]
+        assert layer.counts[1] == alone.cache.layers[0].counts[0] < layer.counts[0]
         assert cache.ragged
-        assert np.array_equal(layer.positions(1, 0)[-3:], alone.past_key_values.layers[0].positions(0, 0)[-3:])
+        assert np.array_equal(layer.positions(1, 0)[-3:], alone.cache.layers[0].positions(0, 0)[-3:])
         # and the same generation, step by step
         assert torch.equal(both.sequences[1, 20:], alone.sequences[0])
         for s_both, s_one in zip(both.scores, alone.scores):
@@ -327,7 +328,7 @@ def test_duplicated_elements_share_their_blocks(model):
     ids = prompt(length=80, seed=13)
     with nexusquant_evict(model, quality="lossless", window=2, chunk=4):
         with torch.no_grad():
-            cache = model(ids).past_key_values
+            cache = model(ids).cache
             one = cache.memory_report()["compressed_bytes"]
             cache.batch_repeat_interleave(3)
             rep = cache.memory_report()
@@ -335,7 +336,7 @@ def test_duplicated_elements_share_their_blocks(model):
             assert rep["fp16_equivalent_bytes"] == 3 * 2 * 2 * 2 * 32 * 80 * 2
             nxt = torch.tensor([[7], [8], [9]])
             for _ in range(8):
-                out = model(nxt, past_key_values=cache)
+                out = model(nxt, cache=cache)
                 nxt = out.logits[:, -1:].argmax(-1)
     layer = cache.layers[0]
     assert len({id(segs[0]) for segs in layer.segments}) == 1
@@ -352,13 +353,13 @@ def test_second_turn_appends_without_recompressing(model):
     with nexusquant_evict(model, quality="balanced", window=8, chunk=16):
         first = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
                                return_dict_in_generate=True)
-        cache = first.past_key_values
+        cache = first.cache
         calls, blocks = cache.compress_calls, cache.layers[0].num_blocks()
         prefill = [l.blocks(0)[0].digest() for l in cache.compressed_layers]
         turn2 = torch.cat([first.sequences, prompt(length=40, seed=9)], 1)
-        second = model.generate(turn2, attention_mask=torch.ones_like(turn2), past_key_values=cache,
+        second = model.generate(turn2, attention_mask=torch.ones_like(turn2), cache=cache,
                                 max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
-    assert second.past_key_values is cache
+    assert second.cache is cache
     assert second.sequences.shape[1] == turn2.shape[1] + 5
     assert [l.blocks(0)[0].digest() for l in cache.compressed_layers] == prefill
     added = cache.layers[0].num_blocks() - blocks
