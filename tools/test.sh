@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the library and runs every test suite: C/C++ unit tests (CTest), the CLI
-# tests, the Python binding and evaluation tests, then (unless --quick) the Rust/Go
+# tests, the Python binding and evaluation tests, the transformers integration under
+# each tested transformers release, then (unless --quick) the Rust/Go
 # bindings, sanitizers, fuzzers and - where its script exists - the GPU code's compile
 # check. Usage: bash tools/test.sh [--quick]
 set -euo pipefail
@@ -23,7 +24,10 @@ bash tests/install/test_install.sh "$root" "$root/build"
 
 step "Python binding and evaluation tests (pytest)"
 export NEXUSQUANT_LIBRARY=$root/build/libnexusquant.so
-( cd bindings/python && python3 -m pytest -q tests )
+( cd bindings/python && python3 -m pytest -q tests --ignore=tests/test_hf.py --ignore=tests/test_hf_models.py )
+
+step "transformers integration under each tested transformers release (tools/hf_tests.sh)"
+bash tools/hf_tests.sh
 
 if [ "$quick" = "--quick" ]; then exit 0; fi
 

@@ -145,9 +145,10 @@ def _score_desc(scores, queries, query_positions, pool_kernel, ctx: "Context", t
     if scores is not None and type(scores).__module__.startswith("torch"):
         # a float32 torch tensor where it lives (host or device memory: the GPU backend
         # reads device scores without a copy)
+        if str(scores.dtype) != "torch.float32" or scores.dim() != 2:
+            raise ValueError(f"scores must be a float32 [kv_heads, tokens] tensor; got {scores.dtype} "
+                             f"{tuple(scores.shape)}")
         a = _View(scores)
-        if a.dtype != DTYPE["float32"] or len(a.shape) != 2:
-            raise ValueError("scores must be a float32 [kv_heads, tokens] tensor")
         keep.append(a)
         s.kind, s.memory = 1, a.memory
         s.scores = ctypes.cast(a.ptr, ctypes.POINTER(ctypes.c_float))

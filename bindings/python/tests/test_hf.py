@@ -236,6 +236,10 @@ def test_torch_query_scores_match_the_library():
     by_torch = ctx.compress(k, v, scores=query_scores(q, k, 2).numpy())
     assert by_lib.tokens_kept < 300
     assert by_lib.digest() == by_torch.digest()
+    # the scores tensor itself (what the cache passes: device memory on a GPU) gives the same block
+    assert ctx.compress(k, v, scores=query_scores(q, k, 2)).digest() == by_lib.digest()
+    with pytest.raises(ValueError, match="float32"):
+        ctx.compress(k, v, scores=query_scores(q, k, 2).double())
 
 
 # ---------------------------------------------------------------------------- window and chunks

@@ -28,20 +28,20 @@ def _llama():
 
 def _qwen2():
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    # layers 2 and 3 slide over 24 tokens (max_window_layers=2)
+    # layers 2 and 3 slide over 64 tokens (max_window_layers=2)
     return Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=4, hidden_size=64, num_attention_heads=4,
                                         num_key_value_heads=2, intermediate_size=128, vocab_size=VOCAB,
-                                        use_sliding_window=True, sliding_window=24, max_window_layers=2,
+                                        use_sliding_window=True, sliding_window=64, max_window_layers=2,
                                         max_position_embeddings=1024, pad_token_id=0, bos_token_id=1,
                                         eos_token_id=2))
 
 
 def _gemma3():
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-    # Gemma-3's pattern in small: sliding layers (window 24) around one full-attention layer
+    # Gemma-3's pattern in small: sliding layers (window 64) around one full-attention layer
     return Gemma3ForCausalLM(Gemma3TextConfig(
         num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        intermediate_size=128, vocab_size=VOCAB, sliding_window=24,
+        intermediate_size=128, vocab_size=VOCAB, sliding_window=64,
         layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
         max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2))
 
@@ -172,19 +172,22 @@ def test_beam_search_and_second_turn(family, strict):
 
 def test_left_padding(family):
     name, model = family
-    ids = prompt(batch=2, length=60, seed=5)
+    ids = prompt(batch=2, length=120, seed=5)
     mask = torch.ones_like(ids)
-    ids[1, :12], mask[1, :12] = 0, 0
-    with nexusquant_evict(model, quality="balanced"):
-        if SLIDING[name]:
-            # compressed layers right-align each element's keys, sliding layers keep the
-            # padded axis: one 2D mask cannot serve both, so it is refused, loudly
-            with pytest.raises(NotImplementedError, match="sliding-window"):
-                model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
-            return
-        both = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
-        alone = model.generate(ids[1:, 12:], attention_mask=mask[1:, 12:], max_new_tokens=6, do_sample=False)
-    assert torch.equal(both[1, 12:], alone[0])
+    # element 1: 50 real tokens, enough to evict some, and 13 of its padding tokens are
+    # still inside the sliding layers' window (63 tokens)
+    ids[1, :70], mask[1, :70] = 0, 0
+    kw = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True)
+    with nexusquant_evict(model, quality="balanced", window=4, chunk=4):
+        both = model.generate(ids, attention_mask=mask, **kw)
+        alone = model.generate(ids[1:, 70:], attention_mask=mask[1:, 70:], **kw)
+    # the padded element generates what it generates alone, step by step (the compressed
+    # layers hold only its real tokens; the sliding layers mask its padding)
+    assert both.cache.ragged
+    assert torch.equal(both.sequences[1, 70:], alone.sequences[0])
+    assert alone.cache.compressed_layers[0].stored < 50 and len(set(both.cache.compressed_layers[0].counts)) == 2
+    for s_both, s_one in zip(both.scores, alone.scores):
+        torch.testing.assert_close(s_both[1], s_one[0], rtol=1e-3, atol=1e-3)
 
 
 # ---------------------------------------------------------------------------- memory
@@ -205,7 +208,7 @@ def test_memory_report_against_dynamic_cache(family):
     sliding = [ref.cache.layers[i] for i in SLIDING[name]]
     assert rep["uncompressed_bytes"] == sum(t.numel() * 4 for l in sliding for t in (l.keys, l.values))
     for l in sliding:
-        assert l.keys.shape[-2] == 23  # transformers keeps window - 1 tokens, not all 68
+        assert l.keys.shape[-2] == 63  # transformers keeps window - 1 tokens, not all 68
     assert rep["total_bytes"] == rep["compressed_bytes"] + rep["window_bytes"] + rep["uncompressed_bytes"]
     assert rep["ratio_vs_dynamic"] == pytest.approx(rep["dynamic_cache_bytes"] / rep["total_bytes"])
     assert rep["ratio"] == pytest.approx(rep["fp16_equivalent_bytes"] / rep["total_bytes"])

@@ -36,7 +36,7 @@ def test_logits_and_cache_match_transformers(hf_model, model, tok, shared_data):
     print(f"max |logit diff| vs transformers over {len(ids)} tokens: {diff:.3g}")
     assert diff < 1e-2
     for layer in (0, 15, 29):
-        k, v = _layer_kv(out.past_key_values, layer)
+        k, v = _layer_kv(out.cache, layer)
         np.testing.assert_allclose(ours.cache.keys[layer], k, atol=2e-3)
         np.testing.assert_allclose(ours.cache.values[layer], v, atol=2e-3)
 

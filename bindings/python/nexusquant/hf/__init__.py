@@ -63,7 +63,9 @@ only its real tokens, at the positions generate gives them (0 at its first real
 token), and evicts from those. Elements then hold different numbers of compressed
 tokens: `update` right-aligns them (zeros before the shorter ones) and the wrapper
 replaces the model's 2D attention mask by `NexusQuantCache.attention_mask_for`, which
-hides those slots. Right padding is refused. A cache used outside the manager cannot
+hides those slots; on a model with sliding layers (transformers' own, which keep the
+padded token axis) it passes the model's {layer type: mask} mapping instead, with the
+caller's mask for the sliding layers. Right padding is refused. A cache used outside the manager cannot
 see the mask: there the padding tokens are stored as tokens, which is exact only
 without eviction (the model's own mask still lines up with them).
 

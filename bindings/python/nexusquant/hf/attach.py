@@ -12,6 +12,7 @@ import torch
 
 from .cache import NexusQuantCache
 from .compat import attach_error, cache_argument
+from .config import _text_config
 from .scores import ACTIVE, _MISSING, install_tap, remove_tap, tappable
 
 # Set while a wrapped generate runs: its forwards leave last_report to generate.
@@ -30,6 +31,34 @@ def _left_pads(attention_mask) -> Optional[list]:
         raise NotImplementedError("nexusquant: only left padding is supported (each attention_mask row must be "
                                   "zeros followed by ones)")
     return [int(p) for p in pads.tolist()]
+
+
+def _masks_per_layer_type(model, cache, x, ragged, mask, position_ids) -> dict:
+    """The attention masks of a forward on a left-padded batch of a model with sliding
+    layers, as the model's own `{layer type: mask}` mapping (which transformers' hybrid
+    models accept in place of a 2D mask): the full-attention layers (compressed, keys
+    right-aligned per element) get `ragged`, the sliding layers (transformers' own,
+    padded token axis) the caller's 2D mask."""
+    from transformers import masking_utils
+    makers = {"full_attention": "create_causal_mask", "sliding_attention": "create_sliding_window_causal_mask",
+              "chunked_attention": "create_chunked_causal_mask"}
+    types = set(getattr(_text_config(model.config), "layer_types", None) or ())
+    if not types or not types <= set(makers) or not all(hasattr(masking_utils, makers[t]) for t in types):
+        raise attach_error(f"a left-padded batch needs one attention mask per layer type, and the layer types "
+                           f"{sorted(types)} have no known mask function")
+    b, q = x.shape[:2]
+    # the mask functions read only the shape, dtype and device of the embeddings
+    embeds = torch.empty((b, q, 1), dtype=model.dtype, device=x.device)
+    if position_ids is None:
+        position_ids = (torch.arange(q, device=x.device) + cache.get_seq_length())[None]
+    out = {}
+    for kind in types:
+        fn = getattr(masking_utils, makers[kind])
+        cache_kw = cache_argument(fn, f"transformers.masking_utils.{makers[kind]}")
+        out[kind] = fn(config=_text_config(model.config), inputs_embeds=embeds,
+                       attention_mask=ragged if kind == "full_attention" else mask, position_ids=position_ids,
+                       **{cache_kw: cache})
+    return out
 
 
 class nexusquant_evict:
@@ -167,17 +196,17 @@ class nexusquant_evict:
                 # the prefill attends with the caller's mask; the cache stores only the
                 # real tokens of left-padded prompts
                 cache._prefill_pads = _left_pads(mask)
-                if cache._prefill_pads is not None and cache.uncompressed_layers:
-                    # the compressed layers' keys are right-aligned per element while the
-                    # sliding layers keep the padded token axis: one 2D mask cannot fit both
-                    raise NotImplementedError(
-                        "nexusquant: left-padded batches are not supported on models with sliding-window layers "
-                        f"(layers {cache.uncompressed_layers}); batch only prompts of equal length, or run "
-                        "them one at a time")
             elif cache.ragged and "attention_mask" in fwd_sig.parameters:
                 x = bound.get("input_ids")
                 x = x if x is not None else bound.get("inputs_embeds")
-                bound["attention_mask"] = cache.attention_mask_for(x.shape[0], x.shape[1], x.device)
+                ragged = cache.attention_mask_for(x.shape[0], x.shape[1], x.device)
+                if cache.uncompressed_layers:
+                    # the compressed layers' keys are right-aligned per element while the
+                    # sliding layers keep transformers' padded token axis: one mask per type
+                    bound["attention_mask"] = _masks_per_layer_type(model, cache, x, ragged, mask,
+                                                                    bound.get("position_ids"))
+                else:
+                    bound["attention_mask"] = ragged
             token = ACTIVE.set(cache)
             done = False
             try:
