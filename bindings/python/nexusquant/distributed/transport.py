@@ -19,10 +19,10 @@ from typing import List, Optional, Sequence as Seq
 import numpy as np
 
 from .. import _lib as L
-from ..core import Block, Context, MEMORY_CUDA, MEMORY_HOST, NexusQuantError, Sequence, _check
+from ..core import Block, Context, MEMORY_HOST, NexusQuantError, Sequence, _check
 from . import frames
 from .frames import TransferCorrupt
-from .images import block_from_image, copy_block, device_image, host_image, image_pointer
+from .images import block_from_image, copy_block, host_image
 
 DEFAULT_MAX_BYTES = 1 << 40
 
