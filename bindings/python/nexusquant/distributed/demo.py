@@ -292,6 +292,8 @@ def launch(a) -> dict:
 def main(a) -> int:
     if a.world_size != 2:
         raise SystemExit("--world-size: the handoff demo has exactly two ranks (prefill, decode)")
+    if a.repeats < 1 or a.tokens < 1 or a.layers < 1:
+        raise SystemExit("--repeats, --tokens and --layers must be at least 1")
     if a.backend == "nccl":
         import torch
 
