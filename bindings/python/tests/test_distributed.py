@@ -125,3 +125,25 @@ def test_two_processes_over_gloo(tmp_path):
     assert "item 1 (layer 1)" in r["corrupt_archive"] and "XXH3" in r["corrupt_archive"]
     assert "item 2 (layer 2)" in r["corrupt_resident"] and "nothing decoded" in r["corrupt_resident"]
     assert r["after"] == {"tag": 99, "ok": True}
+
+
+@needs_torch
+def test_handoff_demo_small():
+    """The demo end to end (two processes over gloo), at a size CI can afford."""
+    if not HAVE_TORCH:
+        pytest.fail("CI is set but torch with gloo is missing: install torch (CPU build)")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(HERE) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "nexusquant.distributed", "--demo", "--backend", "gloo", "--world-size", "2",
+           "--tokens", "160", "--layers", "2", "--repeats", "1", "--preset", "lossless", "--form", "resident",
+           "--json"]
+    p = subprocess.run(cmd, env=env, capture_output=True, timeout=180)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    r = json.loads(p.stdout)
+    assert r["verified"] and r["corrupt_refused"] and "nothing decoded" in r["corrupt_error"]
+    assert r["fp16_bytes_per_token"] == 2 * 2 * 8 * 128 * 2
+    # 160 tokens: the 36 fp16 sink/window tokens per block still leave > 2x on the wire
+    assert r["wire_bytes_per_token"] * 2 < r["fp16_bytes_per_token"]
+    assert abs(r["wire_ratio"] - r["fp16_bytes_per_token"] / r["wire_bytes_per_token"]) < 1e-9
+    assert r["ttfd_fp16_s"] > 0 and r["ttfd_ours_s"] > 0 and r["decode_path"] in ("decode", "attend")
+    assert 0 < r["attention_rel_error"] < 1

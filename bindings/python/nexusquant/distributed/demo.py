@@ -27,9 +27,10 @@ import time
 
 import numpy as np
 
-from ..core import Context, RopeSpec
+from ..core import MEMORY_CUDA, Context, NexusQuantError, RopeSpec
 from . import synthetic
 from .frames import TransferCorrupt
+from .images import copy_block
 from .transport import recv_blocks, send_blocks
 
 
@@ -58,14 +59,31 @@ def _attend_blocks(ctx, q, block, torch_dev, kbuf, vbuf, times):
     when the binding has it (Context.attend), else decode to fp16 and attend with torch."""
     import torch
 
-    if hasattr(Context, "attend"):
-        t = time.perf_counter()
-        out = ctx.attend(q.cpu().numpy(), [block])
-        times["attention_s"] += time.perf_counter() - t
-        return torch.as_tensor(np.asarray(out), dtype=torch.float32).reshape(q.shape[0], -1), "attend"
+    if hasattr(Context, "attend") and not times.get("attend_error"):
+        try:
+            t = time.perf_counter()
+            out = ctx.attend(q.cpu().numpy(), [block])
+            times["attention_s"] += time.perf_counter() - t
+            return torch.as_tensor(np.asarray(out), dtype=torch.float32).reshape(q.shape[0], -1).to(q.device), "attend"
+        except (TypeError, ValueError) as e:  # a binding whose attend takes other arguments
+            times["attend_error"] = f"{type(e).__name__}: {e}"
     t = time.perf_counter()
-    ctx.decode(block, dtype="float16", out=(kbuf, vbuf))
-    k, v = (kbuf, vbuf) if torch_dev.type == "cpu" else (kbuf.to(torch_dev), vbuf.to(torch_dev))
+    k = v = None
+    if torch_dev.type == "cuda" and times.get("decode_on") != "cpu":
+        try:  # the GPU backend: copy the block to the device and decode there
+            dev_block = copy_block(ctx, block, MEMORY_CUDA, torch_dev.index or 0)
+            k = torch.empty(kbuf.shape, dtype=torch.float16, device=torch_dev)
+            v = torch.empty_like(k)
+            ctx.decode(dev_block, dtype="float16", out=(k, v))
+            times["decode_on"] = "cuda"
+        except NexusQuantError as e:  # a library built without CUDA
+            times["decode_on"], times["decode_on_why"] = "cpu", str(e)
+            k = v = None
+    if k is None:
+        ctx.decode(block, dtype="float16", out=(kbuf, vbuf))
+        k, v = (kbuf, vbuf) if torch_dev.type == "cpu" else (kbuf.to(torch_dev), vbuf.to(torch_dev))
+    if torch_dev.type == "cuda":
+        torch.cuda.synchronize()
     t1 = time.perf_counter()
     o = _attention(q, k, v)
     if torch_dev.type == "cuda":
@@ -118,8 +136,18 @@ def run_rank(a) -> dict:
         rng = np.random.default_rng(a.seed)
         cache = [synthetic.layer_kv(rng, H, N, D, m["rope_theta"]) for _ in range(L)]
         pages = [(torch.from_numpy(k).to(dev), torch.from_numpy(v).to(dev)) for k, v in cache]
+        src = cache
+        compress_on = "cpu"
+        if dev.type == "cuda":  # compress the device pages when the library has the CUDA backend
+            try:
+                ctx.compress(*pages[0], layer=0)
+                src, compress_on = pages, "cuda"
+            except NexusQuantError as e:
+                compress_on = f"cpu ({e})"
+        sync()
         t = time.perf_counter()
-        blocks = [ctx.compress(k, v, layer=i) for i, (k, v) in enumerate(cache)]
+        blocks = [ctx.compress(k, v, layer=i) for i, (k, v) in enumerate(src)]
+        sync()
         compress_s = time.perf_counter() - t
         probe = torch.zeros(PROBE_BYTES, dtype=torch.uint8, device=dev)
         for _ in range(2):
@@ -135,14 +163,14 @@ def run_rank(a) -> dict:
                 dist.barrier()
                 pend = []
                 for i in range(L):
-                    b = ctx.compress(*cache[i], layer=i) if mode == "ours_compress" else blocks[i]
+                    b = ctx.compress(*src[i], layer=i) if mode == "ours_compress" else blocks[i]
                     pend.append(send_blocks([b], 1, form=a.form, async_op=True))
                 stats = [p.wait() for p in pend]
                 wire = sum(s.wire_bytes for s in stats)
                 pack_s = sum(s.pack_s for s in stats)
         refused = send_blocks([blocks[0]], 1, form=a.form, corrupt_item=0)
         send_blocks([blocks[0]], 1, form=a.form)
-        info = {"compress_s": compress_s, "pack_s_last": pack_s, "wire_bytes": wire,
+        info = {"compress_s": compress_s, "compress_on": compress_on, "pack_s_last": pack_s, "wire_bytes": wire,
                 "resident_bytes": sum(b.nbytes for b in blocks),
                 "original_bytes": sum(b.info()["original_bytes"] for b in blocks), "corrupt_sent": refused.items}
         dist.send_object_list([info], dst=1) if hasattr(dist, "send_object_list") else None
@@ -213,7 +241,8 @@ def run_rank(a) -> dict:
         info = info[0]
         med = {k: statistics.median(v) for k, v in res["rounds"].items()}
         fp16_bpt = 2 * L * H * D * 2
-        breakdown = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
+        breakdown = {k: statistics.median(p[k] for p in parts) for k in parts[0]
+                     if isinstance(parts[0][k], float)}
         model = link_model(fp16_bpt * N, info["wire_bytes"], statistics.median(fp16_attn),
                            breakdown, info["pack_s_last"], info["compress_s"])
         res.update({
@@ -224,7 +253,9 @@ def run_rank(a) -> dict:
             "resident_bytes_per_token": info["resident_bytes"] / N,
             "wire_ratio": fp16_bpt * N / info["wire_bytes"],
             "verified": bool(verified), "corrupt_refused": refused, "corrupt_error": err,
-            "decode_path": path,
+            "decode_path": path, "attend_error": parts[-1].get("attend_error"),
+            "compress_on": info["compress_on"], "decode_on": parts[-1].get("decode_on", "cpu"),
+            "decode_on_why": parts[-1].get("decode_on_why"),
             "ttfd_fp16_s": med["fp16"], "ttfd_ours_s": med["ours"], "ttfd_ours_compress_s": med["ours_compress"],
             "speedup": med["fp16"] / med["ours"], "speedup_with_compress": med["fp16"] / med["ours_compress"],
             "link_probe_gbit_s": PROBE_BYTES * 8 / probe_s / 1e9,
@@ -261,6 +292,15 @@ def launch(a) -> dict:
 def main(a) -> int:
     if a.world_size != 2:
         raise SystemExit("--world-size: the handoff demo has exactly two ranks (prefill, decode)")
+    if a.repeats < 1 or a.tokens < 1 or a.layers < 1:
+        raise SystemExit("--repeats, --tokens and --layers must be at least 1")
+    if a.backend == "nccl":
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n < 2:
+            raise SystemExit(f"--backend nccl: the demo needs two CUDA GPUs on this host, found {n}; "
+                             "use --backend gloo")
     if a.form is None:
         a.form = "resident" if a.backend == "nccl" else "archive"
     if a.rank is None:

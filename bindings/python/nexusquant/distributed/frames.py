@@ -1,6 +1,6 @@
 """The transfer format: a 64-byte envelope, then a body (item table + items).
 
-Layout (little-endian; docs/FORMAT.md section 4 is the normative text):
+Layout (little-endian; docs/FORMAT.md section 5 is the normative text):
 
 envelope (64 bytes)
   0  u32 magic "NQXF"      4  u16 version 1       6  u8 form (1 archive, 2 resident)

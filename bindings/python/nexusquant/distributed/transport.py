@@ -19,10 +19,10 @@ from typing import List, Optional, Sequence as Seq
 import numpy as np
 
 from .. import _lib as L
-from ..core import Block, Context, MEMORY_CUDA, MEMORY_HOST, NexusQuantError, Sequence, _check
+from ..core import Block, Context, MEMORY_HOST, NexusQuantError, Sequence, _check
 from . import frames
 from .frames import TransferCorrupt
-from .images import block_from_image, copy_block, device_image, host_image, image_pointer
+from .images import block_from_image, copy_block, host_image
 
 DEFAULT_MAX_BYTES = 1 << 40
 
@@ -77,11 +77,18 @@ class PendingSend:
 
 
 def _items_of(blocks: Seq[Block], form: str, ctx: Optional[Context]):
-    """[(bytes, layer)] and their digests (None = compute) for a list of blocks."""
+    """[(bytes, layer)] and their digests (None = compute) for a list of blocks.
+
+    Device blocks are staged through host memory: digests and archives are computed on
+    the host (a device-side digest would let resident images go straight to NCCL)."""
     items, digests = [], []
-    for b in blocks:
+    staged = [b if b.info()["memory"] == MEMORY_HOST else copy_block(ctx or b._ctx, b, MEMORY_HOST) for b in blocks]
+    if any(h is not b for h, b in zip(staged, blocks)):
+        import torch  # device blocks: the copies were enqueued on the default stream
+
+        torch.cuda.synchronize()
+    for b, host in zip(blocks, staged):
         info = b.info()
-        host = b if info["memory"] == MEMORY_HOST else copy_block(ctx or b._ctx, b, MEMORY_HOST)
         if form == "archive":
             items.append((np.frombuffer(host.serialize(), np.uint8), info["layer"]))
             digests.append(None)
