@@ -518,13 +518,23 @@ NQ_API nq_status nq_compress_batch(nq_context *ctx, const nq_kv_desc *items, con
 
 /* ---------------------------------------------------------------- decode */
 
-/* Decodes tokens [token_begin, token_end) of a block (indices among the kept tokens,
- * in order of original position) into out: out->num_tokens must be token_end -
- * token_begin, out->dtype F16, BF16 or F32, out->k/out->v the destination, token i of
- * the range written at token index i of the layouts. Keys come back with RoPE applied
- * at their original positions (NQ_ROPE_REMOVE, NQ_ROPE_KEEP) or without (NQ_ROPE_NONE).
- * With per-head eviction each head's kept tokens differ: nq_block_positions() tells
- * which original position every decoded row holds. */
+/* Decodes tokens [token_begin, token_end) of one block (indices among the kept tokens,
+ * in order of original position) into the engine's layout described by out:
+ * out->num_tokens must be token_end - token_begin, out->dtype F16, BF16 or F32,
+ * out->k/out->v the destination, token i of the range written at token index i of the
+ * layouts. The K and V outputs must not share an element (NQ_ERR_INVALID_ARGUMENT
+ * otherwise; interleaved K/V caches whose elements are distinct are fine). Keys come
+ * back with RoPE applied at their original positions (NQ_ROPE_REMOVE, NQ_ROPE_KEEP) or
+ * without (NQ_ROPE_NONE). With per-head eviction each head's kept tokens differ:
+ * nq_block_positions() tells which original position every decoded row holds. The
+ * output is in the block's memory (host, or the GPU backend's device memory, enqueued
+ * on `stream`). */
+NQ_API nq_status nq_decode_block(nq_context *ctx, const nq_block *blk, uint32_t token_begin, uint32_t token_end,
+                                 const nq_kv_desc *out, void *stream);
+
+/* The same function under its 0.1 name, kept for ABI compatibility: callers built
+ * against 0.1 and the bindings of that release call it. New code calls
+ * nq_decode_block. */
 NQ_API nq_status nq_decode(nq_context *ctx, const nq_block *blk, uint32_t token_begin, uint32_t token_end,
                            const nq_kv_desc *out, void *stream);
 
@@ -611,7 +621,14 @@ NQ_API nq_status nq_block_copy(nq_context *ctx, const nq_block *src, nq_memory m
  * across blocks in append order. */
 NQ_API nq_status nq_sequence_create(nq_context *ctx, uint32_t layer, nq_sequence **out);
 /* Compresses kv (kv->layer is ignored: the sequence's layer is used) and appends the
- * block. Positions must continue after the last appended position. */
+ * block. Positions must continue after the last appended position. The first append
+ * (the prefill) is compressed as nq_compress_kv would. Every later append is evicted
+ * at the layer's evict_fraction too (by `scores`, or the key norms when NULL), but
+ * keeps no recent window and no fp16 window: those tokens stop being recent at the
+ * next append, and an engine keeps its own latest tokens at full precision until it
+ * appends them. So a sequence built in chunks reaches the ratio of the same tokens
+ * compressed as one block (within a few per cent). Nothing stored is compressed
+ * again: a token evicted from its chunk is gone, a kept one stays. */
 NQ_API nq_status nq_sequence_append(nq_sequence *seq, const nq_kv_desc *kv, const nq_score_desc *scores,
                                     void *stream);
 /* Appends an existing block; the sequence takes ownership on success. */
