@@ -46,16 +46,19 @@ template <class Positions> uint32_t count_below(const Positions &positions, uint
 // Reads positions[0], positions[T - 1] and the leading positions below the sink
 // limits only.
 template <class Positions>
-Plan make_plan(const nq_context *ctx, const nq_kv_desc &kv, const Positions &positions, bool first_chunk = true) {
+Plan make_plan(const nq_context *ctx, const nq_kv_desc &kv, const Positions &positions, bool first_chunk = true,
+               bool scored = false) {
     Plan p;
     p.lp = layer_params(ctx, kv.layer);
     if (!first_chunk) {
-        // Later chunks of a sequence are evicted like the prefill, at the layer's
-        // fraction, but hold no recent window and no fp16 window: those tokens stop
-        // being recent at the next append, and the engine keeps its own recent tokens
-        // at full precision until it hands them over (docs/DESIGN.md, "Sequences").
+        // Later chunks of a sequence hold no recent window and no fp16 window: those
+        // tokens stop being recent at the next append, and the engine keeps its own
+        // recent tokens at full precision until it hands them over. They are evicted at
+        // the layer's fraction when the caller scores them (any kind, KEY_NORM too),
+        // and only quantised otherwise (docs/DESIGN.md, "Sequences").
         p.lp.recent_window = 0;
         p.lp.fp16_window = 0;
+        if (!scored) p.lp.evict_fraction = 0.0f;
     }
     const nq_config &c = ctx->cfg;
     const uint32_t T = kv.num_tokens;
@@ -132,7 +135,7 @@ nq_status compress_one(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_
         return fail(NQ_ERR_INVALID_ARGUMENT, "kv.memory is device memory: one batch holds one kind of memory");
     const int64_t *positions = fill_positions(kv, ws);
     if (!positions) return fail(NQ_ERR_BUFFER_TOO_SMALL, "workspace too small (positions)");
-    Plan plan = make_plan(ctx, kv, positions, first_chunk);
+    Plan plan = make_plan(ctx, kv, positions, first_chunk, sc_in != nullptr);
     const Backend &be = cpu_backend();
 
     const uint32_t *kept = nullptr;
@@ -212,7 +215,7 @@ nq_status gpu_prepare(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_d
     int64_t *positions = static_cast<int64_t *>(scratch.take((size_t)T * 8));
     if (!positions) return fail(NQ_ERR_OUT_OF_MEMORY, "allocating positions failed");
     for (uint32_t i = 0; i < T; ++i) positions[i] = kv.positions ? kv.positions[i] : kv.start_position + i;
-    Plan plan = make_plan(ctx, kv, positions, first_chunk);
+    Plan plan = make_plan(ctx, kv, positions, first_chunk, sc_in != nullptr);
 
     std::memset(&gi, 0, sizeof gi);
     nq_score_desc_init(&gi.scores);
