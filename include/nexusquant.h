@@ -29,11 +29,18 @@
  *   (or to sizeof the struct). A caller compiled against an older, smaller struct still
  *   works: the fields it did not send take their defaults. A caller whose struct is
  *   larger than the library's is accepted only if the bytes the library does not know
- *   are all zero; otherwise NQ_ERR_UNSUPPORTED is returned. An array of such structs
+ *   are all zero; otherwise NQ_ERR_UNSUPPORTED is returned. A size that no version of
+ *   the struct can have (inside a field, below the fields without defaults, not a
+ *   multiple of 8 or above 4096 bytes when larger) is an uninitialised `size`:
+ *   NQ_ERR_INVALID_ARGUMENT ("call nq_config_init"), before anything past `size` is
+ *   read. Fields named reserved0 must be 0 (NQ_ERR_UNSUPPORTED otherwise). An array of such structs
  *   (the items and scores of nq_compress_batch, the items of nq_workspace_size) is
  *   strided by its first element's size, which every element must share.
- * - Strides are in elements, not bytes, and may be negative. Pointers need only the
- *   alignment of their element type.
+ * - Strides are in elements, not bytes, and may be negative; every offset a layout
+ *   reaches, times the element size, must fit in int64 (INT64_MIN is never a valid
+ *   stride). Pointers need only the alignment of their element type, with one
+ *   exception: block images in caller memory (nq_compress_batch and nq_block_copy
+ *   `dst`) are 16-byte aligned.
  * - Nothing synchronises a device, throws, or aborts. `stream` arguments are a
  *   cudaStream_t / hipStream_t for GPU backends and are ignored by the CPU backend.
  *
@@ -82,7 +89,8 @@
  * default), and only for: the context itself, block and sequence handles and block
  * bytes (unless the caller provides the block buffer), and scratch when the caller
  * passes no workspace. nq_workspace_size() and nq_compress_bound() let a caller own all
- * of it.
+ * of it. One exception: the archive form (nq_block_serialize, nq_block_deserialize)
+ * calls zstd through its stable API, which takes its own scratch from malloc.
  *
  * GPU backends
  * ------------
@@ -104,7 +112,11 @@
  *   that first call waits for its copy on a private stream. Make one call before
  *   capturing a stream into a graph. Dynamic NTK scaling is CPU-only for now.
  * - Invalid values (inf/nan) cannot fail a call that has already been enqueued: the CPU
- *   backend rejects them, the GPU stores such a vector with a NaN scale.
+ *   backend rejects them (NQ_ERR_INVALID_ARGUMENT naming the head and token, also for
+ *   tokens kept as fp16 and for f32/bf16 values beyond fp16's range there), the GPU
+ *   stores a quantised vector with a NaN scale and a token kept as fp16 as converted
+ *   (inf/nan kept; values beyond fp16's range become inf), and decode gives them back
+ *   non-finite. Validate on the host when such values can occur.
  */
 #ifndef NEXUSQUANT_H
 #define NEXUSQUANT_H
@@ -401,7 +413,8 @@ typedef struct nq_kv_desc {
     nq_layout k_layout;
     nq_layout v_layout;
     const int64_t *positions;    /* compress: original position of each token (host,
-                                    strictly increasing, >= 0, < 2^32); NULL = start_position + i */
+                                    strictly increasing, >= 0, < 2^32); NULL = start_position + i,
+                                    where start_position + num_tokens - 1 < 2^32 */
     int64_t start_position;
 } nq_kv_desc;
 
@@ -471,7 +484,8 @@ NQ_API nq_backend nq_context_backend(const nq_context *ctx);
 NQ_API nq_status nq_compress_bound(const nq_context *ctx, const nq_kv_desc *kv, size_t *bytes);
 
 /* Scratch bytes that compressing (or, with kv describing a block's size, decoding) the
- * given items needs when the caller passes a workspace. */
+ * given items needs when the caller passes a workspace (host: including up to 63
+ * bytes the library skips to align a workspace of any alignment). */
 NQ_API nq_status nq_workspace_size(const nq_context *ctx, const nq_kv_desc *items, size_t num_items,
                                    size_t *bytes);
 
@@ -506,9 +520,15 @@ typedef struct nq_buffer {
  *   dst        NULL (blocks allocated by the context's allocator), or num_items caller
  *              buffers of at least nq_compress_bound() bytes each, which must outlive the
  *              blocks (the block handles are still allocated by the allocator: small, host)
- *   workspace  NULL (scratch from the allocator), or nq_workspace_size() bytes
+ *              (16-byte aligned: NQ_ERR_INVALID_ARGUMENT otherwise)
+ *   workspace  NULL (scratch from the allocator; workspace_bytes must then be 0), or
+ *              nq_workspace_size() bytes: any alignment in host memory (the library
+ *              rounds the start up to 64 bytes, which nq_workspace_size counts), 64-byte
+ *              aligned in device memory (cudaMalloc/hipMalloc memory is)
  *   out        num_items block handles; entries of failed items are NULL
- *   item_status NULL or num_items statuses
+ *   item_status NULL or num_items statuses, always all written: each item's own, or,
+ *              when the call fails before the items (a NULL argument, an array whose
+ *              size cannot stride it), the call's status for every item
  * Returns NQ_OK if every item succeeded, else the first failing item's status (the
  * others still ran). */
 NQ_API nq_status nq_compress_batch(nq_context *ctx, const nq_kv_desc *items, const nq_score_desc *scores,
@@ -518,13 +538,23 @@ NQ_API nq_status nq_compress_batch(nq_context *ctx, const nq_kv_desc *items, con
 
 /* ---------------------------------------------------------------- decode */
 
-/* Decodes tokens [token_begin, token_end) of a block (indices among the kept tokens,
- * in order of original position) into out: out->num_tokens must be token_end -
- * token_begin, out->dtype F16, BF16 or F32, out->k/out->v the destination, token i of
- * the range written at token index i of the layouts. Keys come back with RoPE applied
- * at their original positions (NQ_ROPE_REMOVE, NQ_ROPE_KEEP) or without (NQ_ROPE_NONE).
- * With per-head eviction each head's kept tokens differ: nq_block_positions() tells
- * which original position every decoded row holds. */
+/* Decodes tokens [token_begin, token_end) of one block (indices among the kept tokens,
+ * in order of original position) into the engine's layout described by out:
+ * out->num_tokens must be token_end - token_begin, out->dtype F16, BF16 or F32,
+ * out->k/out->v the destination, token i of the range written at token index i of the
+ * layouts. The K and V outputs must not share an element (NQ_ERR_INVALID_ARGUMENT
+ * otherwise; interleaved K/V caches whose elements are distinct are fine). Keys come
+ * back with RoPE applied at their original positions (NQ_ROPE_REMOVE, NQ_ROPE_KEEP) or
+ * without (NQ_ROPE_NONE). With per-head eviction each head's kept tokens differ:
+ * nq_block_positions() tells which original position every decoded row holds. The
+ * output is in the block's memory (host, or the GPU backend's device memory, enqueued
+ * on `stream`). */
+NQ_API nq_status nq_decode_block(nq_context *ctx, const nq_block *blk, uint32_t token_begin, uint32_t token_end,
+                                 const nq_kv_desc *out, void *stream);
+
+/* The same function under its 0.1 name, kept for ABI compatibility: callers built
+ * against 0.1 and the bindings of that release call it. New code calls
+ * nq_decode_block. */
 NQ_API nq_status nq_decode(nq_context *ctx, const nq_block *blk, uint32_t token_begin, uint32_t token_end,
                            const nq_kv_desc *out, void *stream);
 
@@ -611,7 +641,18 @@ NQ_API nq_status nq_block_copy(nq_context *ctx, const nq_block *src, nq_memory m
  * across blocks in append order. */
 NQ_API nq_status nq_sequence_create(nq_context *ctx, uint32_t layer, nq_sequence **out);
 /* Compresses kv (kv->layer is ignored: the sequence's layer is used) and appends the
- * block. Positions must continue after the last appended position. */
+ * block. Positions must continue after the last appended position. The first append
+ * (the prefill) is compressed as nq_compress_kv would. Later appends keep no recent
+ * window and no fp16 window (those tokens stop being recent at the next append; an
+ * engine keeps its latest tokens at full precision until it appends them), and:
+ *   scores NULL      the chunk is quantised only, never evicted (ranking just-generated
+ *                    tokens by key norm alone costs quality);
+ *   scores given     evicted at the layer's evict_fraction by those scores; a descriptor
+ *                    of kind NQ_SCORES_KEY_NORM asks for the key-norm proxy.
+ * So under an evicting preset a sequence appended with scores reaches about the ratio
+ * of the same tokens compressed as one block, and one appended with NULL scores the
+ * ratio of quantisation alone for its later chunks (docs/DESIGN.md, "Sequences", has
+ * both). Nothing stored is compressed again. */
 NQ_API nq_status nq_sequence_append(nq_sequence *seq, const nq_kv_desc *kv, const nq_score_desc *scores,
                                     void *stream);
 /* Appends an existing block; the sequence takes ownership on success. */

@@ -8,6 +8,9 @@
 
 namespace nq {
 
+// Alignment of the scratch laid out in a workspace (cache lines, SIMD loads).
+constexpr size_t kWorkspaceAlign = 64;
+
 // Bump allocator over a workspace (the caller's, or one the context allocated).
 struct Workspace {
     uint8_t *base = nullptr;

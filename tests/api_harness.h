@@ -344,7 +344,7 @@ inline Decoded decode_f32(nq_context *ctx, const nq_block *b, uint32_t heads, ui
                           uint32_t end) {
     Tensor k(NQ_DTYPE_F32, Layout::HTD, heads, end - begin, dim), v(NQ_DTYPE_F32, Layout::HTD, heads, end - begin, dim);
     nq_kv_desc out = kv_desc(k, v, end - begin);
-    EXPECT_EQ(nq_decode(ctx, b, begin, end, &out, nullptr), NQ_OK) << nq_last_error();
+    EXPECT_EQ(nq_decode_block(ctx, b, begin, end, &out, nullptr), NQ_OK) << nq_last_error();
     return Decoded{load(k, heads, dim), load(v, heads, dim)};
 }
 

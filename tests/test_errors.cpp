@@ -301,7 +301,7 @@ TEST(Errors, KvDescriptors) {
     });
     check("kv.start_position", NQ_ERR_INVALID_ARGUMENT, [](nq_kv_desc &k) { k.start_position = -1; });
     check("kv.start_position", NQ_ERR_INVALID_ARGUMENT, [](nq_kv_desc &k) { k.start_position = (1ll << 32) - 5; });
-    check("kv.size", NQ_ERR_INVALID_ARGUMENT, [](nq_kv_desc &k) { k.size = 4; });
+    check("nq_kv_desc_init", NQ_ERR_INVALID_ARGUMENT, [](nq_kv_desc &k) { k.size = 4; });
 
     // Paged layouts.
     Tensor pk(NQ_DTYPE_F16, Layout::PagedNHD, Fixture::H, Fixture::T, Fixture::D, 8);
@@ -430,8 +430,11 @@ TEST(Errors, CompressDecodeAndSizes) {
                "dst.data");
     size_t ws = 0;
     ASSERT_EQ(nq_workspace_size(ctx, items, 2, &ws), NQ_OK);
-    EXPECT_ERR(nq_compress_batch(ctx, items, nullptr, 2, nullptr, aligned + 4, ws, nullptr, out, nullptr),
-               NQ_ERR_INVALID_ARGUMENT, "workspace");
+    // Any alignment of the workspace: the library rounds its start up (within ws).
+    std::vector<uint8_t> ws_mem(ws + 4);
+    EXPECT_EQ(nq_compress_batch(ctx, items, nullptr, 2, nullptr, ws_mem.data() + 4, ws, nullptr, out, nullptr), NQ_OK)
+        << nq_last_error();
+    for (int i = 0; i < 2; ++i) nq_block_free(out[i]);
     EXPECT_ERR(nq_compress_batch(ctx, items, nullptr, 2, nullptr, aligned, 16, nullptr, out, nullptr),
                NQ_ERR_BUFFER_TOO_SMALL, "workspace");
 
@@ -733,7 +736,7 @@ TEST(Errors, AllocationFailuresAreReportedAndLeakNothing) {
             EXPECT_EQ(a.bad_frees, 0);
             EXPECT_EQ(a.bad_requests, 0);
         }
-    // Most failures surface as NQ_ERR_OUT_OF_MEMORY (zstd's own scratch failing inside
-    // a compression only makes a section be stored uncompressed).
+    // Most failures surface as NQ_ERR_OUT_OF_MEMORY (zstd's own scratch comes from
+    // malloc, not from this allocator).
     EXPECT_GT(refused, total);
 }

@@ -44,8 +44,16 @@ uint16_t get_u16(const uint8_t *src) {
     return v;
 }
 
-void store_raw(uint8_t *dst, const float *row, uint32_t D) {
-    for (uint32_t d = 0; d < D; ++d) put_u16(dst + 2 * d, f32_to_f16(row[d]));
+// Stores a row as fp16; false if any element is inf/nan or rounds to inf (beyond
+// fp16's 65504), which the block could not give back.
+bool store_raw(uint8_t *dst, const float *row, uint32_t D) {
+    bool finite = true;
+    for (uint32_t d = 0; d < D; ++d) {
+        const uint16_t h = f32_to_f16(row[d]);
+        finite &= (h & 0x7c00u) != 0x7c00u;
+        put_u16(dst + 2 * d, h);
+    }
+    return finite;
 }
 
 bool encode_vector(float *row, uint32_t D, int codec, int bits, uint8_t *scale_dst, uint8_t *code_dst) {
@@ -58,6 +66,20 @@ bool encode_vector(float *row, uint32_t D, int codec, int bits, uint8_t *scale_d
 }
 
 }  // namespace
+
+// One message shape for every non-finite input row, whether it is quantised or kept
+// as fp16 (a sink or a token of the fp16 window).
+nq_status raw_row_error(const char *which, uint32_t head, uint32_t token) {
+    return fail(NQ_ERR_INVALID_ARGUMENT,
+                "%s: head %u token %u holds inf/nan or a value beyond fp16's range (the token is kept as fp16)", which,
+                head, token);
+}
+
+nq_status coded_row_error(const char *which, uint32_t head, uint32_t token) {
+    return fail(NQ_ERR_INVALID_ARGUMENT,
+                "%s: head %u token %u holds inf/nan or a value too large to quantise (the token is quantised)", which,
+                head, token);
+}
 
 void block_rope_freqs(const BlockHeader &h, double *inv_freq, double *mscale) {
     RopeSpec spec;
@@ -119,9 +141,9 @@ nq_status encode_rows_reference(const EncodeJob &job, uint32_t j_begin, uint32_t
                 const uint32_t slot = j < s_end ? j : s_end + (j - w_begin);
                 const size_t off = ((size_t)hd * g.raw + slot) * D * 2;
                 load_row(kv.k, kv.dtype, kv.k_layout, hd, t, D, row);
-                store_raw(dst + g.offset[kSecKRaw] + off, row, D);
+                if (!store_raw(dst + g.offset[kSecKRaw] + off, row, D)) return raw_row_error("kv.k", hd, t);
                 load_row(kv.v, kv.dtype, kv.v_layout, hd, t, D, row);
-                store_raw(dst + g.offset[kSecVRaw] + off, row, D);
+                if (!store_raw(dst + g.offset[kSecVRaw] + off, row, D)) return raw_row_error("kv.v", hd, t);
                 continue;
             }
             const size_t c = (size_t)hd * g.coded + (j - s_end);
@@ -132,13 +154,11 @@ nq_status encode_rows_reference(const EncodeJob &job, uint32_t j_begin, uint32_t
             }
             if (!encode_vector(row, D, h.codec, h.k_bits, dst + g.offset[kSecKScales] + c * 2,
                                dst + g.offset[kSecKCodes] + c * g.k_code_bytes))
-                return fail(NQ_ERR_INVALID_ARGUMENT, "kv.k: head %u token %u holds inf/nan or values too large for fp32",
-                            hd, t);
+                return coded_row_error("kv.k", hd, t);
             load_row(kv.v, kv.dtype, kv.v_layout, hd, t, D, row);
             if (!encode_vector(row, D, h.codec, h.v_bits, dst + g.offset[kSecVScales] + c * 2,
                                dst + g.offset[kSecVCodes] + c * g.v_code_bytes))
-                return fail(NQ_ERR_INVALID_ARGUMENT, "kv.v: head %u token %u holds inf/nan or values too large for fp32",
-                            hd, t);
+                return coded_row_error("kv.v", hd, t);
         }
     }
     return NQ_OK;

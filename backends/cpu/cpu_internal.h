@@ -23,6 +23,10 @@ nq_status encode_rows_reference(const EncodeJob &job, uint32_t j_begin, uint32_t
 void decode_rows_reference(const nq_block &b, uint32_t begin, const nq_kv_desc &out, uint32_t j_begin,
                            uint32_t j_end);
 
+// The messages of a non-finite input row (kept as fp16, or quantised).
+nq_status raw_row_error(const char *which, uint32_t head, uint32_t token);
+nq_status coded_row_error(const char *which, uint32_t head, uint32_t token);
+
 // The same with the SIMD kernels, spread over the context's thread pool.
 nq_status encode_tiled(const nq_context *ctx, const CpuKernels &kn, const EncodeJob &job);
 nq_status decode_tiled(const nq_context *ctx, const CpuKernels &kn, const nq_block &b, uint32_t begin,

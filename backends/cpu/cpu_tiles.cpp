@@ -22,6 +22,13 @@ namespace {
 constexpr uint32_t kTasksPerThread = 4;
 constexpr uint64_t kMinTilesForThreads = 8;
 
+// fp16 bits with an all-ones exponent are inf or nan.
+bool f16_row_finite(const uint16_t *row, uint32_t D) {
+    uint32_t bad = 0;
+    for (uint32_t d = 0; d < D; ++d) bad |= (row[d] & 0x7c00u) == 0x7c00u;
+    return bad == 0;
+}
+
 uint32_t div_up(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
 uint32_t min_u(uint32_t a, uint32_t b) { return a < b ? a : b; }
 
@@ -321,10 +328,15 @@ nq_status encode_tiled(const nq_context *ctx, const CpuKernels &kn, const Encode
             const uint32_t r = job.kept_rows > 1 ? hd : 0;
             const uint32_t t = job.kept ? job.kept[(size_t)r * K + j] : j;
             const size_t off = ((size_t)hd * g.raw + slot) * D * 2;
+            uint16_t *kr = reinterpret_cast<uint16_t *>(job.dst + g.offset[kSecKRaw] + off);
+            uint16_t *vr = reinterpret_cast<uint16_t *>(job.dst + g.offset[kSecVRaw] + off);
             kn.row_to_f16(static_cast<const char *>(kv.k) + layout_offset(kv.k_layout, hd, t) * (int64_t)es, kv.dtype,
-                          layout_dim_stride(kv.k_layout), D, reinterpret_cast<uint16_t *>(job.dst + g.offset[kSecKRaw] + off));
+                          layout_dim_stride(kv.k_layout), D, kr);
+            // A non-finite row: the reference names the first one in token order.
+            if (!f16_row_finite(kr, D)) return encode_rows_reference(job, 0, K);
             kn.row_to_f16(static_cast<const char *>(kv.v) + layout_offset(kv.v_layout, hd, t) * (int64_t)es, kv.dtype,
-                          layout_dim_stride(kv.v_layout), D, reinterpret_cast<uint16_t *>(job.dst + g.offset[kSecVRaw] + off));
+                          layout_dim_stride(kv.v_layout), D, vr);
+            if (!f16_row_finite(vr, D)) return encode_rows_reference(job, 0, K);
         }
     }
     if (g.coded == 0) return NQ_OK;

@@ -32,5 +32,5 @@ nq_status nqgo_decode(nq_context *ctx, const nq_block *blk, nq_sequence *seq, ui
                              nq_kv_desc out, void *k, void *v, const int32_t *kpt, const int32_t *vpt) {
     nqgo_fill(&out, k, v, kpt, vpt, NULL);
     if (seq) return nq_sequence_decode(seq, begin, end, &out, NULL);
-    return nq_decode(ctx, blk, begin, end, &out, NULL);
+    return nq_decode_block(ctx, blk, begin, end, &out, NULL);
 }

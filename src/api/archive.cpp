@@ -4,8 +4,11 @@
 #include <cinttypes>
 #include <new>
 #include <xxhash.h>
-#define ZSTD_STATIC_LINKING_ONLY  // ZSTD_customMem: scratch through our allocator
+// zstd's stable API only: the library links the system's shared libzstd, whose
+// experimental section (ZSTD_STATIC_LINKING_ONLY) may change in any release. zstd's
+// own scratch therefore comes from malloc, not the context's allocator.
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #include "../backend.h"
 #include "fp_env.h"
@@ -26,9 +29,6 @@ template <class T> T get(const uint8_t *s) {
     std::memcpy(&v, s, sizeof v);
     return v;
 }
-
-void *zalloc(void *opaque, size_t n) { return static_cast<const MemoryHooks *>(opaque)->alloc(n, 64); }
-void zfree(void *opaque, void *p) { static_cast<const MemoryHooks *>(opaque)->release(p); }
 
 uint32_t load_pos(const uint8_t *p, size_t i, uint32_t width) {
     if (width == 2) return get<uint16_t>(p + i * 2);
@@ -105,8 +105,7 @@ extern "C" NQ_API nq_status nq_block_serialize(nq_context *ctx, const nq_block *
     if (cap < cur + kChecksum) return fail(NQ_ERR_BUFFER_TOO_SMALL, "capacity %zu bytes is too small", cap);
 
     const int level = ctx->cfg.archive_zstd_level;
-    ZSTD_customMem cm{zalloc, zfree, const_cast<MemoryHooks *>(&ctx->mem)};
-    ZSTD_CCtx *zc = level >= 0 ? ZSTD_createCCtx_advanced(cm) : nullptr;
+    ZSTD_CCtx *zc = level >= 0 ? ZSTD_createCCtx() : nullptr;
     if (level >= 0 && !zc) return fail(NQ_ERR_OUT_OF_MEMORY, "creating a zstd context failed");
     struct Free {
         ZSTD_CCtx *z;
@@ -133,6 +132,10 @@ extern "C" NQ_API nq_status nq_block_serialize(nq_context *ctx, const nq_block *
         const size_t room = cap - kChecksum - cur;
         if (zc) {
             size_t z = ZSTD_compressCCtx(zc, dst + cur, room, src, len, level);
+            // A section that does not shrink (or fit) is stored; zstd running out of
+            // memory fails the call rather than silently changing the archive bytes.
+            if (ZSTD_isError(z) && ZSTD_getErrorCode(z) == ZSTD_error_memory_allocation)
+                return fail(NQ_ERR_OUT_OF_MEMORY, "zstd ran out of memory compressing section %d", s);
             if (!ZSTD_isError(z) && z < len) {
                 method = kZstd;
                 stored = z;
@@ -219,9 +222,12 @@ extern "C" NQ_API nq_status nq_block_deserialize(nq_context *ctx, const void *sr
                 if (g.length[need]) return fail(NQ_ERR_CORRUPT, "section %d missing", need);
             need = s + 1;
             if (ent[1] == kZstd) {
-                const unsigned long long most = ZSTD_decompressBound(src + at, (size_t)stored);
-                if (most == ZSTD_CONTENTSIZE_ERROR || most < raw)
-                    return fail(NQ_ERR_CORRUPT, "section %d: zstd data cannot hold %" PRIu64 " bytes", s, raw);
+                // One zstd frame that records its content size, as the writer makes it
+                // (ZSTD_compressCCtx): the frame must span the section and declare raw.
+                const unsigned long long content = ZSTD_getFrameContentSize(src + at, (size_t)stored);
+                const size_t frame = ZSTD_findFrameCompressedSize(src + at, (size_t)stored);
+                if (ZSTD_isError(frame) || frame != stored || content != raw)
+                    return fail(NQ_ERR_CORRUPT, "section %d: zstd data is not one frame of %" PRIu64 " bytes", s, raw);
             } else if (stored != raw) {
                 return fail(NQ_ERR_CORRUPT, "section %d: stored length differs from raw", s);
             }
@@ -234,7 +240,6 @@ extern "C" NQ_API nq_status nq_block_deserialize(nq_context *ctx, const void *sr
     NQ_TRY(block_create(ctx->mem, h, nullptr, 0, &b));
     std::memset(b->data, 0, (size_t)g.total);
     header_write(h, b->data);
-    ZSTD_customMem cm{zalloc, zfree, &ctx->mem};
     ZSTD_DCtx *zd = nullptr;
     nq_status st = NQ_OK;
     size_t cur = table + (size_t)n * kEntry;
@@ -258,8 +263,12 @@ extern "C" NQ_API nq_status nq_block_deserialize(nq_context *ctx, const void *sr
             if (stored != raw) { st = fail(NQ_ERR_CORRUPT, "section %d: stored length differs from raw", s); break; }
             std::memcpy(dst, src + cur, (size_t)raw);
         } else if (method == kZstd) {
-            if (!zd && !(zd = ZSTD_createDCtx_advanced(cm))) { st = fail(NQ_ERR_OUT_OF_MEMORY, "creating a zstd context failed"); break; }
+            if (!zd && !(zd = ZSTD_createDCtx())) { st = fail(NQ_ERR_OUT_OF_MEMORY, "creating a zstd context failed"); break; }
             size_t r = ZSTD_decompressDCtx(zd, dst, (size_t)raw, src + cur, (size_t)stored);
+            if (ZSTD_isError(r) && ZSTD_getErrorCode(r) == ZSTD_error_memory_allocation) {
+                st = fail(NQ_ERR_OUT_OF_MEMORY, "zstd ran out of memory decompressing section %d", s);
+                break;
+            }
             if (ZSTD_isError(r) || r != raw) { st = fail(NQ_ERR_CORRUPT, "section %d: zstd data invalid", s); break; }
         } else {
             st = fail(NQ_ERR_CORRUPT, "section %d: unknown method %u", s, method);

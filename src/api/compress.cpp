@@ -46,12 +46,19 @@ template <class Positions> uint32_t count_below(const Positions &positions, uint
 // Reads positions[0], positions[T - 1] and the leading positions below the sink
 // limits only.
 template <class Positions>
-Plan make_plan(const nq_context *ctx, const nq_kv_desc &kv, const Positions &positions, bool first_chunk = true) {
+Plan make_plan(const nq_context *ctx, const nq_kv_desc &kv, const Positions &positions, bool first_chunk = true,
+               bool scored = false) {
     Plan p;
     p.lp = layer_params(ctx, kv.layer);
-    if (!first_chunk) {  // later chunks of a sequence: quantised only, no fp16 window
-        p.lp.evict_fraction = 0.0f;
+    if (!first_chunk) {
+        // Later chunks of a sequence hold no recent window and no fp16 window: those
+        // tokens stop being recent at the next append, and the engine keeps its own
+        // recent tokens at full precision until it hands them over. They are evicted at
+        // the layer's fraction when the caller scores them (any kind, KEY_NORM too),
+        // and only quantised otherwise (docs/DESIGN.md, "Sequences").
+        p.lp.recent_window = 0;
         p.lp.fp16_window = 0;
+        if (!scored) p.lp.evict_fraction = 0.0f;
     }
     const nq_config &c = ctx->cfg;
     const uint32_t T = kv.num_tokens;
@@ -128,7 +135,7 @@ nq_status compress_one(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_
         return fail(NQ_ERR_INVALID_ARGUMENT, "kv.memory is device memory: one batch holds one kind of memory");
     const int64_t *positions = fill_positions(kv, ws);
     if (!positions) return fail(NQ_ERR_BUFFER_TOO_SMALL, "workspace too small (positions)");
-    Plan plan = make_plan(ctx, kv, positions, first_chunk);
+    Plan plan = make_plan(ctx, kv, positions, first_chunk, sc_in != nullptr);
     const Backend &be = cpu_backend();
 
     const uint32_t *kept = nullptr;
@@ -208,7 +215,7 @@ nq_status gpu_prepare(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_d
     int64_t *positions = static_cast<int64_t *>(scratch.take((size_t)T * 8));
     if (!positions) return fail(NQ_ERR_OUT_OF_MEMORY, "allocating positions failed");
     for (uint32_t i = 0; i < T; ++i) positions[i] = kv.positions ? kv.positions[i] : kv.start_position + i;
-    Plan plan = make_plan(ctx, kv, positions, first_chunk);
+    Plan plan = make_plan(ctx, kv, positions, first_chunk, sc_in != nullptr);
 
     std::memset(&gi, 0, sizeof gi);
     nq_score_desc_init(&gi.scores);
@@ -376,7 +383,7 @@ nq_status load_sized_array(const T *src, size_t n, size_t min_size, void (*init)
     const unsigned char *base = reinterpret_cast<const unsigned char *>(src);
     size_t stride;
     std::memcpy(&stride, base, sizeof stride);
-    if (stride < min_size || stride > (size_t)1 << 20 || stride % alignof(T))
+    if (stride < min_size || stride % alignof(T) || check_struct_size(type, stride, sizeof(T), false) != NQ_OK)
         return fail(NQ_ERR_INVALID_ARGUMENT, "%s[0].size is %zu: call %s_init (the array is strided by it)", arg,
                     stride, type);
     for (size_t i = 1; i < n; ++i) {
@@ -411,7 +418,7 @@ nq_status compress_chunk(nq_context *ctx, const nq_kv_desc *kv, const nq_score_d
     if (!kv) return fail(NQ_ERR_INVALID_ARGUMENT, "kv is NULL");
     size_t sz;
     std::memcpy(&sz, kv, sizeof sz);
-    if (sz < offsetof(nq_kv_desc, k)) return fail(NQ_ERR_INVALID_ARGUMENT, "kv.size is %zu: call nq_kv_desc_init", sz);
+    NQ_TRY(check_struct_size("nq_kv_desc", sz, sizeof(nq_kv_desc), false));
 #if defined(NQ_HAVE_GPU)
     if (memory_of(kv) == kGpuMemory)
         return gpu_batch(ctx, kv, sc, 1, nullptr, nullptr, 0, stream, first_chunk, out, nullptr);
@@ -465,7 +472,9 @@ extern "C" NQ_API nq_status nq_workspace_size(const nq_context *ctx, const nq_kv
 #endif
     size_t mx = 0;
     for (size_t i = 0; i < n; ++i) mx = std::max(mx, item_workspace(ctx, items[i].num_tokens));
-    *bytes = mx;
+    // A caller's workspace needs only byte alignment: its start is rounded up to the
+    // 64 bytes the scratch is laid out in, which may take up to 63 of its bytes.
+    *bytes = mx + kWorkspaceAlign - 1;
     return NQ_OK;
 }
 
@@ -479,15 +488,19 @@ extern "C" NQ_API nq_status nq_compress_kv(nq_context *ctx, const nq_kv_desc *kv
     return compress_chunk(ctx, kv, scores, stream, true, out);
 }
 
-extern "C" NQ_API nq_status nq_compress_batch(nq_context *ctx, const nq_kv_desc *items, const nq_score_desc *scores,
-                                              size_t n, const nq_buffer *dst, void *workspace, size_t workspace_bytes,
-                                              void *stream, nq_block **out, nq_status *item_status) {
-    clear_error();
-    DefaultFpEnv fp_env;  // results independent of the caller's MXCSR
+namespace nq {
+namespace {
+
+// The batch; `*per_item` tells whether item_status has been written for every item.
+nq_status compress_batch(nq_context *ctx, const nq_kv_desc *items, const nq_score_desc *scores, size_t n,
+                         const nq_buffer *dst, void *workspace, size_t workspace_bytes, void *stream, nq_block **out,
+                         nq_status *item_status, bool *per_item) {
     if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
     if (!out) return fail(NQ_ERR_INVALID_ARGUMENT, "out is NULL");
     if (n && !items) return fail(NQ_ERR_INVALID_ARGUMENT, "items is NULL");
     for (size_t i = 0; i < n; ++i) out[i] = nullptr;
+    if (!workspace && workspace_bytes)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "workspace is NULL but workspace_bytes is %zu", workspace_bytes);
     SizedArray<nq_kv_desc> item_array(ctx->mem);
     NQ_TRY(load_sized_array(items, n, offsetof(nq_kv_desc, k), nq_kv_desc_init, "items", "nq_kv_desc", item_array));
     items = item_array.data;
@@ -495,15 +508,17 @@ extern "C" NQ_API nq_status nq_compress_batch(nq_context *ctx, const nq_kv_desc 
     NQ_TRY(load_sized_array(scores, n, sizeof(size_t), nq_score_desc_init, "scores", "nq_score_desc", score_array));
     scores = score_array.data;
 #if defined(NQ_HAVE_GPU)
-    if (n && memory_of(items) == kGpuMemory)
+    if (n && memory_of(items) == kGpuMemory) {
+        *per_item = true;
         return gpu_batch(ctx, items, scores, n, dst, workspace, workspace_bytes, stream, true, out, item_status);
+    }
 #endif
     Workspace ws;
     void *owned = nullptr;
     if (workspace) {
-        if ((uintptr_t)workspace % 64) return fail(NQ_ERR_INVALID_ARGUMENT, "workspace must be 64-byte aligned");
-        ws.base = static_cast<uint8_t *>(workspace);
-        ws.cap = workspace_bytes;
+        const size_t skip = (size_t)(-(uintptr_t)workspace & (kWorkspaceAlign - 1));
+        ws.base = static_cast<uint8_t *>(workspace) + skip;
+        ws.cap = workspace_bytes > skip ? workspace_bytes - skip : 0;
     } else {
         size_t need = 0;
         for (size_t i = 0; i < n; ++i) need = std::max(need, item_workspace(ctx, items[i].num_tokens));
@@ -515,6 +530,7 @@ extern "C" NQ_API nq_status nq_compress_batch(nq_context *ctx, const nq_kv_desc 
     ScratchGuard g{ctx->mem, owned};
     nq_status first = NQ_OK;
     char first_msg[512] = "";
+    *per_item = true;
     for (size_t i = 0; i < n; ++i) {
         ws.used = 0;
         nq_status st = compress_one(ctx, &items[i], scores ? &scores[i] : nullptr, dst ? &dst[i] : nullptr, ws, stream,
@@ -528,6 +544,23 @@ extern "C" NQ_API nq_status nq_compress_batch(nq_context *ctx, const nq_kv_desc 
     if (first != NQ_OK) return fail(first, "%s", first_msg);
     clear_error();
     return NQ_OK;
+}
+
+}  // namespace
+}  // namespace nq
+
+extern "C" NQ_API nq_status nq_compress_batch(nq_context *ctx, const nq_kv_desc *items, const nq_score_desc *scores,
+                                              size_t n, const nq_buffer *dst, void *workspace, size_t workspace_bytes,
+                                              void *stream, nq_block **out, nq_status *item_status) {
+    clear_error();
+    DefaultFpEnv fp_env;  // results independent of the caller's MXCSR
+    bool per_item = false;
+    const nq_status st = compress_batch(ctx, items, scores, n, dst, workspace, workspace_bytes, stream, out,
+                                        item_status, &per_item);
+    // A call that fails before reaching the items fails every item the same way.
+    if (!per_item && item_status)
+        for (size_t i = 0; i < n; ++i) item_status[i] = st;
+    return st;
 }
 
 extern "C" NQ_API nq_status nq_estimate_bytes(const nq_context *ctx, uint32_t layers, uint64_t tokens,

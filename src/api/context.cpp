@@ -93,6 +93,8 @@ nq_status validate_config(nq_config &c) {
     if (c.evict_mode < NQ_EVICT_PER_HEAD || c.evict_mode > NQ_EVICT_PAGED)
         return fail(NQ_ERR_INVALID_ARGUMENT, "config.evict_mode is %d: not an nq_evict_mode", (int)c.evict_mode);
     const nq_rope &r = c.rope;
+    if (r.reserved0)
+        return fail(NQ_ERR_UNSUPPORTED, "config.rope.reserved0 is %u: must be 0 (reserved for later use)", r.reserved0);
     if (r.mode < NQ_ROPE_NONE || r.mode > NQ_ROPE_KEEP)
         return fail(NQ_ERR_INVALID_ARGUMENT, "config.rope.mode is %d: not an nq_rope_mode", (int)r.mode);
     if (r.pairing != NQ_ROPE_SPLIT_HALF && r.pairing != NQ_ROPE_INTERLEAVED)
@@ -130,6 +132,9 @@ nq_status validate_config(nq_config &c) {
         if (o.layer_begin >= o.layer_end)
             return fail(NQ_ERR_INVALID_ARGUMENT, "config.overrides[%u]: layer_begin (%u) must be < layer_end (%u)", i,
                         o.layer_begin, o.layer_end);
+        if (o.reserved0)
+            return fail(NQ_ERR_UNSUPPORTED, "config.overrides[%u].reserved0 is %u: must be 0 (reserved for later use)",
+                        i, o.reserved0);
         if (o.k_bits > 8 || o.v_bits > 8)
             return fail(NQ_ERR_UNSUPPORTED, "config.overrides[%u]: bits must be 1..8 (0 = keep)", i);
         if (!(o.evict_fraction < 1.0f) || std::isnan(o.evict_fraction))

@@ -31,6 +31,7 @@ nq_status decode_range(nq_context *ctx, const nq_block *blk, uint32_t begin, uin
 #endif
     if (end == begin) return NQ_OK;
     NQ_TRY(validate_kv(ctx, out, true, "out"));
+    NQ_TRY(validate_outputs_disjoint(ctx, out, "out"));
     if (out.memory != blk->memory)
         return fail(NQ_ERR_INVALID_ARGUMENT,
                     "out.memory (%d) differs from the block's memory (%d): copy the block first (nq_block_copy)",
@@ -47,9 +48,15 @@ nq_status decode_range(nq_context *ctx, const nq_block *blk, uint32_t begin, uin
 
 }  // namespace nq
 
-extern "C" NQ_API nq_status nq_decode(nq_context *ctx, const nq_block *blk, uint32_t begin, uint32_t end,
-                                      const nq_kv_desc *out, void *stream) {
+extern "C" NQ_API nq_status nq_decode_block(nq_context *ctx, const nq_block *blk, uint32_t begin, uint32_t end,
+                                            const nq_kv_desc *out, void *stream) {
     nq::clear_error();
     nq::DefaultFpEnv fp_env;  // results independent of the caller's MXCSR
     return nq::decode_range(ctx, blk, begin, end, out, stream);
+}
+
+// The 0.1 name of nq_decode_block (its own symbol, so that 0.1 callers keep linking).
+extern "C" NQ_API nq_status nq_decode(nq_context *ctx, const nq_block *blk, uint32_t begin, uint32_t end,
+                                      const nq_kv_desc *out, void *stream) {
+    return nq_decode_block(ctx, blk, begin, end, out, stream);
 }

@@ -61,13 +61,18 @@ struct nq_sequence {
 
 namespace nq {
 
+// Whether `n` can be the `size` of a caller's `type` (whose size in this library is
+// own_size): this size, an older caller's (the end of one of the fields, at least the
+// fields without defaults), or a newer caller's (larger, at most 4 KB). Anything else
+// is an uninitialised size: refused before any byte past the `size` field is read.
+nq_status check_struct_size(const char *type, size_t n, size_t own_size, bool output);
+
 // Copies a caller's size-tagged struct over `dst` (which holds defaults). Rejects a
-// size smaller than the `size` field or unknown non-zero trailing bytes.
+// size that no version of the struct has, and unknown non-zero trailing bytes.
 template <class T> nq_status copy_sized(const T *src, T *dst, const char *name) {
     size_t n;
     std::memcpy(&n, src, sizeof(size_t));
-    if (n < sizeof(size_t)) return fail(NQ_ERR_INVALID_ARGUMENT, "%s.size is %zu: call %s_init first", name, n, name);
-    if (n > (size_t)1 << 20) return fail(NQ_ERR_INVALID_ARGUMENT, "%s.size is %zu: not a size", name, n);
+    NQ_TRY(check_struct_size(name, n, sizeof(T), false));
     if (n > sizeof(T)) {
         const unsigned char *p = reinterpret_cast<const unsigned char *>(src);
         for (size_t i = sizeof(T); i < n; ++i)
@@ -86,7 +91,7 @@ template <class T> nq_status copy_sized(const T *src, T *dst, const char *name) 
 template <class T> nq_status write_sized(const T &val, T *dst, const char *name) {
     size_t n;
     std::memcpy(&n, dst, sizeof(size_t));
-    if (n < sizeof(size_t)) return fail(NQ_ERR_INVALID_ARGUMENT, "%s.size is %zu: set it to sizeof(%s)", name, n, name);
+    NQ_TRY(check_struct_size(name, n, sizeof(T), true));
     if (n > sizeof(T)) n = sizeof(T);
     T tmp = val;
     tmp.size = n;
@@ -102,6 +107,9 @@ const char *dtype_name(nq_dtype t);
 // Validates a K/V descriptor against the context for compress (is_output = false) or
 // decode into it (is_output = true). `which` names the argument in messages.
 nq_status validate_kv(const nq_context *ctx, const nq_kv_desc &kv, bool is_output, const char *which);
+// Decode outputs: refuses K and V layouts that share an element (the writes would race
+// and the last one win).
+nq_status validate_outputs_disjoint(const nq_context *ctx, const nq_kv_desc &out, const char *which);
 nq_status validate_scores(const nq_context *ctx, const nq_kv_desc &kv, const nq_score_desc &sc);
 
 // Allocates a block handle (and its image unless `external` is given).

@@ -123,6 +123,7 @@ FUNCTIONS = {
     "nq_estimate_bytes": (c_int, [vp, u32, u64, P(u64)]),
     "nq_compress_kv": (c_int, [vp, P(KvDesc), P(ScoreDesc), vp, P(vp)]),
     "nq_compress_batch": (c_int, [vp, P(KvDesc), P(ScoreDesc), size_t, P(Buffer), vp, size_t, vp, P(vp), P(c_int)]),
+    "nq_decode_block": (c_int, [vp, vp, u32, u32, P(KvDesc), vp]),
     "nq_decode": (c_int, [vp, vp, u32, u32, P(KvDesc), vp]),
     "nq_block_get_info": (c_int, [vp, P(BlockInfo)]),
     "nq_block_positions": (c_int, [vp, u32, u32, u32, P(i64)]),

@@ -434,7 +434,7 @@ class Context:
         """Decodes kept tokens [begin, end) into (k, v) arrays [kv_heads, n, head_dim]."""
         end = block.tokens_kept if end is None else end
         return self._decode_into(
-            lambda d: L.lib().nq_decode(self.handle, block.handle, begin, end, ctypes.byref(d), None),
+            lambda d: L.lib().nq_decode_block(self.handle, block.handle, begin, end, ctypes.byref(d), None),
             end - begin, dtype, out)
 
     def deserialize(self, data: bytes) -> Block:

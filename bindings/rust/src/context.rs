@@ -146,7 +146,7 @@ impl Context {
         // layouts address for n tokens of this context's shape (the library refuses a
         // block whose shape differs from the context's).
         check(unsafe {
-            sys::nq_decode(self.as_ptr(), block.as_ptr(), tokens.start, tokens.end, &raw, core::ptr::null_mut())
+            sys::nq_decode_block(self.as_ptr(), block.as_ptr(), tokens.start, tokens.end, &raw, core::ptr::null_mut())
         })
     }
 

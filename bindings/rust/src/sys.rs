@@ -371,6 +371,14 @@ c_functions! {
         out: *mut *mut nq_block,
         item_status: *mut nq_status,
     ) -> nq_status;
+    pub fn nq_decode_block(
+        ctx: *mut nq_context,
+        blk: *const nq_block,
+        token_begin: u32,
+        token_end: u32,
+        out: *const nq_kv_desc,
+        stream: *mut c_void,
+    ) -> nq_status;
     pub fn nq_decode(
         ctx: *mut nq_context,
         blk: *const nq_block,
