@@ -48,7 +48,7 @@ struct Scratch {
 size_t scratch_bytes(uint32_t R, uint32_t D) {
     const size_t f = sizeof(float);
     return up64((size_t)R * D * f) * 4 + up64(R * f) * 2 + up64((size_t)R * kChunk * f) * 2 +
-           up64(((size_t)kChunk * D + 16) * f) + up64((size_t)2 * D * f) + up64((size_t)D * kTileLanesMax * f) +
+           up64((size_t)attn_coded_scratch_floats(kChunk, D, R) * f) + up64((size_t)2 * D * f) + up64((size_t)D * kTileLanesMax * f) +
            up64((size_t)kMaxHeadDim * kTileLanesMax * f) + up64(R * sizeof(int64_t)) + up64(kChunk * sizeof(int64_t));
 }
 
@@ -68,7 +68,7 @@ Scratch carve(uint8_t *p, uint32_t R, uint32_t D) {
     s.l = reinterpret_cast<float *>(take(R * f));
     s.L = reinterpret_cast<float *>(take((size_t)R * kChunk * f));
     s.P = reinterpret_cast<float *>(take((size_t)R * kChunk * f));
-    s.kbuf = reinterpret_cast<float *>(take(((size_t)kChunk * D + 16) * f));  // 16 spare: see attention_impl.inc
+    s.kbuf = reinterpret_cast<float *>(take((size_t)attn_coded_scratch_floats(kChunk, D, R) * f));
     s.vbuf = reinterpret_cast<float *>(take((size_t)2 * D * f));
     s.work = reinterpret_cast<float *>(take((size_t)D * kTileLanesMax * f));
     s.tabs = reinterpret_cast<float *>(take((size_t)kMaxHeadDim * kTileLanesMax * f));

@@ -51,11 +51,20 @@ inline vf vfloor(vf a) {
     std::memcpy(reinterpret_cast<char *>(&r) + 32, &hi, 32);
     return r;
 }
-inline vu gather_codes(const uint8_t *p, uint32_t b, uint32_t n) {
+// Lane i < n: the b bytes of group i (b <= 4) at p + i*b; lanes >= n: 0. Reads 4 bytes
+// per group where the image has them (up to `end`), else exactly b.
+inline vu load_group_codes(const uint8_t *p, uint32_t b, uint32_t n, const uint8_t *end) {
     uint32_t lanes[16] = {};
-    for (uint32_t i = 0; i < n; ++i) std::memcpy(&lanes[i], p + i * b, 4);
+    const bool wide = p + (size_t)n * b + 4 <= end;
+    for (uint32_t i = 0; i < n; ++i) std::memcpy(&lanes[i], p + i * b, wide ? 4 : b);
+    const uint32_t keep = b >= 4 ? 0xffffffffu : (1u << (8 * b)) - 1u;
     vu r;
     std::memcpy(&r, lanes, sizeof r);
+    return r & keep;
+}
+inline vf reduce16(const vf *a) {
+    vf r;
+    for (int t = 0; t < 16; ++t) r[t] = hsum(a[t]);
     return r;
 }
 }  // namespace

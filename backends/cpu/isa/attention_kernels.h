@@ -32,6 +32,12 @@ struct AttnCodes {
     int bits;
 };
 
+// Floats of scratch `buf` the coded kernels need for n tokens and `rows` query rows:
+// n + rows rows of head_dim + ceil(head_dim / 8 / 16) * 16 floats, and 16 spare.
+constexpr uint64_t attn_coded_scratch_floats(uint32_t n, uint32_t head_dim, uint32_t rows) {
+    return ((uint64_t)n + rows) * (head_dim + (head_dim / 8 + 15) / 16 * 16) + 16;
+}
+
 struct AttnKernels {
     const char *name;
     // L[r * ldl + t] = s_t * <q_r, point_t>
