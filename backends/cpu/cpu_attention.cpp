@@ -274,6 +274,7 @@ class Item {
 
     struct RopeFreqs {
         double inv_freq[kMaxHeadDim / 2];
+        double step_c[kMaxHeadDim / 2], step_s[kMaxHeadDim / 2];  // cos/sin of one position step
         double mscale = 1.0;
         uint32_t nf = 0, rotary_dims = 0;
         uint8_t pairing = 1;
@@ -284,8 +285,37 @@ class Item {
             nf = h.rotary_dims / 2u;
             rotary_dims = h.rotary_dims;
             pairing = h.rope_pairing;
+            for (uint32_t i = 0; i < nf; ++i) {
+                step_c[i] = std::cos(inv_freq[i]);
+                step_s[i] = std::sin(inv_freq[i]);
+            }
         }
     };
+
+    // Forward RoPE tables of n positions in the tile layout [nf][W] (cos, then sin, each
+    // times mscale). A position one past the previous one advances the previous angle
+    // by one step (complex multiplication in float64); any other position is computed
+    // from its angle. The recurrence drifts by about 1e-15 over a chunk, far below the
+    // float rounding of the tables.
+    void tables(const RopeFreqs &rf, const int64_t *pos, uint32_t n, uint32_t W, float *tc, float *ts, double *c,
+                double *s) const {
+        for (uint32_t t = 0; t < n; ++t) {
+            const bool next = t > 0 && pos[t] == pos[t - 1] + 1;
+            for (uint32_t i = 0; i < rf.nf; ++i) {
+                if (next) {
+                    const double cn = c[i] * rf.step_c[i] - s[i] * rf.step_s[i];
+                    s[i] = s[i] * rf.step_c[i] + c[i] * rf.step_s[i];
+                    c[i] = cn;
+                } else {
+                    const double angle = (double)pos[t] * rf.inv_freq[i];
+                    c[i] = std::cos(angle);
+                    s[i] = std::sin(angle);
+                }
+                tc[(size_t)i * W + t] = (float)(c[i] * rf.mscale);
+                ts[(size_t)i * W + t] = (float)(s[i] * rf.mscale);
+            }
+        }
+    }
 
     // Keys stored with RoPE removed: 16 at a time through the codec's decode tile (fp32
     // rows with RoPE re-applied), then fp32 logits.
@@ -294,11 +324,12 @@ class Item {
         RopeFreqs rf;
         rf.init(v);
         const uint32_t W = kn.lanes;
+        double c[kMaxHeadDim / 2], sn[kMaxHeadDim / 2];
         for (uint32_t t = 0; t < n; t += W) {
             const uint32_t m = min_u(W, n - t);
             const size_t table = (size_t)rf.nf * W;
-            RopeTableArgs a{rf.inv_freq, rf.nf, rf.mscale, s_.pos + t, m, false, s_.tabs, s_.tabs + table};
-            kn.rope_tables(a);
+            // The first position of each tile from its angle: tiles restart the recurrence.
+            tables(rf, s_.pos + t, m, W, s_.tabs, s_.tabs + table, c, sn);
             DecodeTile tile{};
             tile.lanes = m;
             tile.head_dim = D_;
