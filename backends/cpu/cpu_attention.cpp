@@ -297,10 +297,12 @@ class Item {
     // by one step (complex multiplication in float64); any other position is computed
     // from its angle. The recurrence drifts by about 1e-15 over a chunk, far below the
     // float rounding of the tables.
+    // pos[-1] is read when `continues` (the previous tile's last position, whose angle
+    // c, s hold).
     void tables(const RopeFreqs &rf, const int64_t *pos, uint32_t n, uint32_t W, float *tc, float *ts, double *c,
-                double *s) const {
+                double *s, bool continues) const {
         for (uint32_t t = 0; t < n; ++t) {
-            const bool next = t > 0 && pos[t] == pos[t - 1] + 1;
+            const bool next = (t > 0 || continues) && pos[t] == pos[(int64_t)t - 1] + 1;
             for (uint32_t i = 0; i < rf.nf; ++i) {
                 if (next) {
                     const double cn = c[i] * rf.step_c[i] - s[i] * rf.step_s[i];
@@ -328,8 +330,8 @@ class Item {
         for (uint32_t t = 0; t < n; t += W) {
             const uint32_t m = min_u(W, n - t);
             const size_t table = (size_t)rf.nf * W;
-            // The first position of each tile from its angle: tiles restart the recurrence.
-            tables(rf, s_.pos + t, m, W, s_.tabs, s_.tabs + table, c, sn);
+            // The chunk's first position from its angle; the recurrence runs across tiles.
+            tables(rf, s_.pos + t, m, W, s_.tabs, s_.tabs + table, c, sn, t > 0);
             DecodeTile tile{};
             tile.lanes = m;
             tile.head_dim = D_;
