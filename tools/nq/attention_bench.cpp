@@ -12,9 +12,9 @@
 #include <random>
 #include <vector>
 
-#include "../../backends/cpu/cpu_attention_internal.h"
 #include "../../src/core/half.h"
 #include "attention_bench.h"
+#include "fp16_attention.h"
 #include "json_writer.h"
 #include "pipeline.h"
 
@@ -165,6 +165,8 @@ int run_attention_bench(const Args &a, const PipelineOptions &opt_in, uint32_t r
     j.flt("evict", lp.evict_fraction).str("rope", rope_mode_name(opt.rope)).u64("tokens_kept", kept);
 
     if (!cuda) {
+        const nq::AttnKernels *ak = attention_kernels_for(nq_context_cpu_isa(c));
+        const uint32_t threads = cfg.num_threads ? cfg.num_threads : 1;
         size_t ws_bytes = 0;
         check(nq_attention_workspace_size(c, &desc, &ws_bytes), "nq_attention_workspace_size");
         std::vector<uint8_t> ws(ws_bytes + 64);
@@ -190,15 +192,14 @@ int run_attention_bench(const Args &a, const PipelineOptions &opt_in, uint32_t r
                 o.v_layout = o.k_layout;
                 check(nq_decode(c, blocks[s].get(), 0, kept, &o, nullptr), "nq_decode");
             }
-            check(nq::cpu_attention_f16_cache(c, kd.data(), vd.data(), B, kept, qf.data(), scale, out_u.data(),
-                                              lse_u.data()),
-                  "attention over fp16");
+            fp16_attention(ak, threads, kd.data(), vd.data(), B, KV, QH / KV, kept, D, qf.data(), scale, out_u.data(),
+                           lse_u.data());
         };
         const Time unfused = time_it(repeat, min_s, unfused_step);
         std::vector<float> out_f(qf.size()), lse_f(lse.size());
         const Time fp16 = time_it(repeat, min_s, [&] {
-            check(nq::cpu_attention_f16_cache(c, k.data(), v.data(), B, T, qf.data(), scale, out_f.data(), lse_f.data()),
-                  "attention over fp16");
+            fp16_attention(ak, threads, k.data(), v.data(), B, KV, QH / KV, T, D, qf.data(), scale, out_f.data(),
+                           lse_f.data());
         });
         double lse_err = 0;
         for (size_t i = 0; i < lse.size(); ++i) lse_err = std::max(lse_err, (double)std::fabs(lse[i] - lse_u[i]));

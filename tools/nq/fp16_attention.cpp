@@ -1,23 +1,24 @@
-// Attention over an uncompressed fp16 cache with the same kernels and the same chunked
-// online softmax as attention over blocks: the baseline `nq bench --attention` times.
+// Attention over an uncompressed fp16 cache with the library's attention kernels and
+// the same chunked online softmax as attention over blocks: the baseline `nq bench
+// --attention` times. It lives in the tool, not the library (no API serves it), and
+// takes only the kernel files from nexusquant_internal: they reference nothing else,
+// so every nq_* symbol the tool calls still resolves to libnexusquant.so.
+#include "fp16_attention.h"
+
 #include <cmath>
 #include <cstring>
+#include <thread>
 #include <vector>
 
-#include "../../src/api/internal.h"
 #include "../../src/core/half.h"
-#include "cpu_attention_internal.h"
-#include "cpu_dispatch.h"
-#include "thread_pool.h"
 
-namespace nq {
+namespace nqcli {
 namespace {
 
 constexpr uint32_t kChunk = 64;
 
 struct F16Job {
-    const nq_context *ctx;
-    const AttnKernels *ak;
+    const nq::AttnKernels *ak;
     const uint16_t *k, *v;
     uint32_t seqs, tokens, D, KV, G;
     const float *q;
@@ -44,7 +45,7 @@ void f16_item(const F16Job &j, uint32_t item, std::vector<float> &buf) {
             for (uint32_t t = 0; t < n; ++t)
                 for (uint32_t r = 0; r < R; ++r) {
                     float s = 0.0f;
-                    for (uint32_t d = 0; d < D; ++d) s += q[(size_t)r * D + d] * f16_to_f32(kh[(size_t)(t0 + t) * D + d]);
+                    for (uint32_t d = 0; d < D; ++d) s += q[(size_t)r * D + d] * nq::f16_to_f32(kh[(size_t)(t0 + t) * D + d]);
                     L[(size_t)r * kChunk + t] = s;
                 }
         }
@@ -74,7 +75,7 @@ void f16_item(const F16Job &j, uint32_t item, std::vector<float> &buf) {
             j.ak->f16_accumulate(vh + (size_t)t0 * D, n, D, P, kChunk, R, acc);
         } else {
             for (uint32_t t = 0; t < n; ++t) {
-                for (uint32_t d = 0; d < D; ++d) row[d] = f16_to_f32(vh[(size_t)(t0 + t) * D + d]);
+                for (uint32_t d = 0; d < D; ++d) row[d] = nq::f16_to_f32(vh[(size_t)(t0 + t) * D + d]);
                 for (uint32_t r = 0; r < R; ++r)
                     for (uint32_t d = 0; d < D; ++d) acc[(size_t)r * D + d] += P[(size_t)r * kChunk + t] * row[d];
             }
@@ -87,23 +88,28 @@ void f16_item(const F16Job &j, uint32_t item, std::vector<float> &buf) {
     }
 }
 
-void f16_worker(void *vp, uint32_t w) {
-    const F16Job &j = *static_cast<const F16Job *>(vp);
-    FpEnvGuard env;
-    std::vector<float> buf;
-    for (uint32_t item = w; item < j.seqs * j.KV; item += j.workers) f16_item(j, item, buf);
-}
-
 }  // namespace
 
-nq_status cpu_attention_f16_cache(const nq_context *ctx, const uint16_t *k, const uint16_t *v, uint32_t seqs,
-                                  uint32_t tokens, const float *q, float scale, float *out, float *lse) {
-    F16Job j{ctx, attn_kernels(ctx->isa), k, v, seqs, tokens, ctx->cfg.head_dim, ctx->cfg.num_kv_heads,
-             ctx->cfg.num_q_heads / ctx->cfg.num_kv_heads, q, scale, out, lse, 1};
-    const uint32_t threads = thread_pool_size(ctx->pool), items = seqs * j.KV;
-    j.workers = items < threads ? (items ? items : 1) : threads;
-    thread_pool_run(ctx->pool, j.workers, f16_worker, &j);
-    return NQ_OK;
+const nq::AttnKernels *attention_kernels_for(const char *isa) {
+    if (!std::strcmp(isa, "avx512")) return nq::attn_kernels_avx512();
+    if (!std::strcmp(isa, "avx2")) return nq::attn_kernels_avx2();
+    return nullptr;
 }
 
-}  // namespace nq
+void fp16_attention(const nq::AttnKernels *ak, uint32_t threads, const uint16_t *k, const uint16_t *v, uint32_t seqs,
+                    uint32_t kv_heads, uint32_t group, uint32_t tokens, uint32_t head_dim, const float *q, float scale,
+                    float *out, float *lse) {
+    F16Job j{ak, k, v, seqs, tokens, head_dim, kv_heads, group, q, scale, out, lse, 1};
+    const uint32_t items = seqs * kv_heads;
+    j.workers = threads < 1 ? 1 : (items < threads ? items : threads);
+    auto work = [&j](uint32_t w) {
+        std::vector<float> buf;
+        for (uint32_t item = w; item < j.seqs * j.KV; item += j.workers) f16_item(j, item, buf);
+    };
+    std::vector<std::thread> pool;
+    for (uint32_t w = 1; w < j.workers; ++w) pool.emplace_back(work, w);
+    work(0);
+    for (std::thread &t : pool) t.join();
+}
+
+}  // namespace nqcli
