@@ -89,7 +89,7 @@ uint32_t choose_splits(const nq_context *ctx, const nq_attention_desc &d) {
     return (uint32_t)(s > 16 ? 16 : s);
 }
 
-nq_status resolve(const nq_context *ctx, const nq_attention_desc *desc_in, AttentionCall &call, bool check_tables) {
+nq_status resolve(const nq_context *ctx, const nq_attention_desc *desc_in, AttentionCall &call, bool for_decode) {
     if (!ctx) return fail(NQ_ERR_INVALID_ARGUMENT, "ctx is NULL");
     if (!desc_in) return fail(NQ_ERR_INVALID_ARGUMENT, "desc is NULL");
     nq_attention_desc d;
@@ -152,7 +152,11 @@ nq_status resolve(const nq_context *ctx, const nq_attention_desc *desc_in, Atten
     call.window = d.window;
     call.num_splits = choose_splits(ctx, d);
 
-    if (d.num_seqs == 0) return NQ_OK;
+    if ((uint64_t)d.num_seqs * KV * call.num_splits > ((uint64_t)1 << 32))
+        return fail(NQ_ERR_INVALID_ARGUMENT, "desc.num_seqs (%u) x KV heads x splits exceeds 2^32 work items",
+                    d.num_seqs);
+    // The workspace size depends on the batch shape only: no pointer is needed for it.
+    if (d.num_seqs == 0 || !for_decode) return NQ_OK;
     if (!d.block_indptr) return fail(NQ_ERR_INVALID_ARGUMENT, "desc.block_indptr is NULL");
     if (!d.q) return fail(NQ_ERR_INVALID_ARGUMENT, "desc.q is NULL");
     if (!d.out) return fail(NQ_ERR_INVALID_ARGUMENT, "desc.out is NULL");
@@ -179,7 +183,7 @@ nq_status resolve(const nq_context *ctx, const nq_attention_desc *desc_in, Atten
                     "desc.out_stride_seq/out_stride_token/out_stride_head (%" PRId64 ", %" PRId64 ", %" PRId64
                     ") make distinct outputs overlap",
                     call.out_stride_seq, call.out_stride_token, call.out_stride_head);
-    if (!check_tables || d.memory != NQ_MEMORY_HOST) return NQ_OK;
+    if (d.memory != NQ_MEMORY_HOST) return NQ_OK;
     for (uint32_t s = 0; s < d.num_seqs; ++s)
         if (d.block_indptr[s + 1] < d.block_indptr[s])
             return fail(NQ_ERR_INVALID_ARGUMENT, "desc.block_indptr[%u] (%u) is less than block_indptr[%u] (%u)", s + 1,
