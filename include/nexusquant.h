@@ -729,7 +729,8 @@ typedef struct nq_attention_desc {
                                     0 = the library chooses from the batch and the device */
 } nq_attention_desc;
 
-/* Fills *desc with zeros and sets desc->size. */
+/* Fills *desc with zeros, then sets desc->size, dtype = NQ_DTYPE_F16 and q_tokens = 1
+ * (a zero dtype or token count names nothing, so a decode step needs only pointers). */
 NQ_API void nq_attention_desc_init(nq_attention_desc *desc);
 
 /* Scratch bytes nq_attention_decode needs for this batch when the caller passes a

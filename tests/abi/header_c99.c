@@ -16,6 +16,7 @@ int nq_header_c99_uses_every_type(void) {
     nq_allocator alloc;
     nq_layer_override ov;
     nq_buffer buf;
+    nq_attention_desc att;
     nq_context *ctx = NULL;
     nq_block *blk = NULL;
     nq_sequence *seq = NULL;
@@ -33,7 +34,7 @@ int nq_header_c99_uses_every_type(void) {
     nq_layout_kind lk = NQ_LAYOUT_STRIDED;
     nq_score_kind sk = NQ_SCORES_KEY_NORM;
     (void)cfg; (void)kv; (void)sc; (void)lp; (void)info; (void)layout; (void)rope; (void)alloc;
-    (void)ov; (void)buf; (void)ctx; (void)blk; (void)seq; (void)dt; (void)mem; (void)be; (void)isa;
+    (void)ov; (void)buf; (void)att; (void)ctx; (void)blk; (void)seq; (void)dt; (void)mem; (void)be; (void)isa;
     (void)preset; (void)codec; (void)em; (void)rm; (void)rp; (void)rs; (void)lk; (void)sk;
     return (int)st + NQ_VERSION_NUMBER + NQ_PRESET_AGGRESSIVE;
 }

@@ -8,6 +8,7 @@
 static_assert(std::is_standard_layout<nq_config>::value, "nq_config is plain data");
 static_assert(std::is_trivially_copyable<nq_kv_desc>::value, "nq_kv_desc is plain data");
 static_assert(std::is_trivially_copyable<nq_block_info>::value, "nq_block_info is plain data");
+static_assert(std::is_trivially_copyable<nq_attention_desc>::value, "nq_attention_desc is plain data");
 static_assert(sizeof(nq_status) == sizeof(int), "enums are int-sized");
 // Every int a C caller may store is a valid value of the enum in C++ (no UB on loads).
 static_assert(std::is_same<std::underlying_type<nq_dtype>::type, int>::value, "enums have int as their base");

@@ -251,6 +251,21 @@ static void newer_structs(void) {
     CHECK_STATUS(nq_compress_kv(ctx, &kv, (const nq_score_desc *)p, NULL, &b), NQ_ERR_UNSUPPORTED);
     CHECK(message_names("nq_score_desc"));
     free(p);
+    {
+        /* attention descriptors: a zero tail is accepted, a non-zero one named */
+        nq_attention_desc ad;
+        size_t bytes = 0, want_bytes = 0;
+        nq_attention_desc_init(&ad);
+        CHECK_OK(nq_attention_workspace_size(ctx, &ad, &want_bytes));
+        p = grown_copy(&ad, sizeof ad, 16, -1);
+        CHECK_OK(nq_attention_workspace_size(ctx, (const nq_attention_desc *)p, &bytes));
+        CHECK(bytes == want_bytes);
+        free(p);
+        p = grown_copy(&ad, sizeof ad, 16, 9);
+        CHECK_STATUS(nq_attention_workspace_size(ctx, (const nq_attention_desc *)p, &bytes), NQ_ERR_UNSUPPORTED);
+        CHECK(message_names("nq_attention_desc"));
+        free(p);
+    }
 
     /* decode into a newer caller's output descriptor */
     CHECK_OK(nq_compress_kv(ctx, &kv, NULL, NULL, &b));
@@ -476,6 +491,9 @@ static void abi_introspection(void) {
     CHECK(nq_abi_sizeof("nq_layout") == sizeof(nq_layout));
     CHECK(nq_abi_sizeof("nq_rope") == sizeof(nq_rope));
     CHECK(nq_abi_sizeof("nq_layer_params") == sizeof(nq_layer_params));
+    CHECK(nq_abi_sizeof("nq_attention_desc") == sizeof(nq_attention_desc));
+    CHECK(nq_abi_offsetof("nq_attention_desc", "num_splits") == offsetof(nq_attention_desc, num_splits));
+    CHECK(nq_abi_offsetof("nq_attention_desc", "q_positions") == offsetof(nq_attention_desc, q_positions));
     CHECK(nq_abi_offsetof("nq_config", "rope.theta") == offsetof(nq_config, rope.theta));
     CHECK(nq_abi_offsetof("nq_config", "archive_zstd_level") == offsetof(nq_config, archive_zstd_level));
     CHECK(nq_abi_offsetof("nq_kv_desc", "v_layout.page_table") == offsetof(nq_kv_desc, v_layout.page_table));

@@ -342,6 +342,23 @@ def test_accept_ratio():
             fail("--preset %s: %.2fx < %.1fx" % (preset, ratio, floor))
 
 
+def test_bench_attention():
+    # one JSON object with the fields the documentation names; errors small (no timing asserted)
+    for rope in ("keep", "remove"):
+        p = run(["bench", "--attention", "--tokens", 300, "--q-heads", 8, "--kv-heads", 2, "--head-dim", 64,
+                 "--rope", rope, "--repeat", 1, "--min-seconds", 0])
+        j = json.loads(p.stdout)
+        for key in ("tokens", "batch", "q_heads", "kv_heads", "head_dim", "preset", "fused_ms", "unfused_ms",
+                    "fp16_ms", "bytes_read", "max_rel_err"):
+            if key not in j:
+                fail("bench --attention: no %s in %r" % (key, j))
+        if j["tokens"] != 300 or j["q_heads"] != 8 or j["kv_heads"] != 2 or j["head_dim"] != 64:
+            fail("bench --attention shape: %r" % j)
+        if not (0 < j["bytes_read"] < 4 * 2 * 300 * 64) or j["max_rel_err"] > 2e-3:
+            fail("bench --attention bytes/error: %r" % j)
+    run(["bench", "--attention", "--q-heads", 6, "--kv-heads", 4], rc=1)  # not a multiple
+
+
 TESTS = {name[5:]: fn for name, fn in globals().items() if name.startswith("test_")}
 
 

@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "attention_bench.h"
 #include "commands.h"
 #include "help_text.h"
 #include "json_writer.h"
@@ -17,6 +18,7 @@ std::vector<OptSpec> specs() {
     s.push_back({"repeat", true});
     s.push_back({"min-seconds", true});
     s.push_back({"no-stages", false});
+    for (const OptSpec &o : attention_bench_specs()) s.push_back(o);
     return s;
 }
 
@@ -32,6 +34,7 @@ int run(const Args &a) {
     const PipelineOptions opt = parse_pipeline(a);
     const uint32_t repeat = (uint32_t)a.u64("repeat", 5, 1, 100000);
     const double min_s = a.real("min-seconds", 0.5, 0.0, 3600.0);
+    if (a.has("attention")) return run_attention_bench(a, opt, repeat, min_s);
     const bool given = a.has("k") || a.has("v") || a.has("positions") || a.has("synthetic");
     KvData kv = given ? load_kv(a, true) : make_synthetic(a);  // default: synthetic gaussian
     ContextPtr ctx = make_context(opt, kv.head_dim, kv.heads, kv.layers);
@@ -169,7 +172,9 @@ int run(const Args &a) {
 const Command kBenchCommand = {
     "bench", "throughput of compress/decode/serialize/deserialize and of each stage, vs memcpy",
     "usage: nq bench [--k K.npy --v V.npy | --synthetic gaussian|outlier ...] [compression options]\n"
-    "                [--backend B] [--isa I] [--threads N] [--repeat N] [--min-seconds S] [--json]\n\n"
+    "                [--backend B] [--isa I] [--threads N] [--repeat N] [--min-seconds S] [--json]\n"
+    "       nq bench --attention [--tokens N] [--batch B] [--q-heads H] [--kv-heads H] [--head-dim D]\n"
+    "                [compression options] [--backend cpu|cuda] [--threads N] [--isa I]\n\n"
     "Times the library calls over all layers: nq_compress_kv, nq_decode (to fp16),\n"
     "nq_block_serialize, nq_block_deserialize, and memcpy of the same number of bytes in\n"
     "the same run. Each row runs at least --repeat times (default 5) and at least\n"
@@ -177,6 +182,12 @@ const Command kBenchCommand = {
     "of the kept tokens). Then single stages (RoPE removal, Hadamard, quantise and\n"
     "dequantise of 8-float groups, inverse Hadamard) on the keys of layer 0, unless\n"
     "--no-stages. Without an input: --synthetic gaussian, 8 heads x 4096 tokens x 128.\n\n"
+    "--attention: one decode step of attention (one query token per sequence) over one\n"
+    "compressed block per sequence of gaussian fp16 K/V (default 32768 tokens, batch 1,\n"
+    "32 query heads, 8 KV heads, head_dim 128: a Llama-3-8B layer): nq_attention_decode\n"
+    "(fused), nq_decode to fp16 then attention over it (unfused), and attention over the\n"
+    "uncompressed fp16 cache (fp16). Prints one JSON object: CPU ms per call (process CPU\n"
+    "time; wall ms too), bytes read, and the error of fused against unfused.\n\n"
     NQ_HELP_INPUT "or\n" NQ_HELP_SYNTHETIC NQ_HELP_PIPELINE NQ_HELP_RUNTIME,
     specs, run};
 

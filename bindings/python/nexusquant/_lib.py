@@ -94,9 +94,18 @@ class BlockInfo(ctypes.Structure):
                 ("fp16_bytes", u64), ("padding_bytes", u64)]
 
 
+class AttentionDesc(ctypes.Structure):
+    _fields_ = [("size", size_t), ("memory", c_int), ("device", i32), ("num_seqs", u32), ("q_tokens", u32),
+                ("dtype", c_int), ("reserved0", u32), ("block_images", ctypes.POINTER(vp)),
+                ("block_indptr", ctypes.POINTER(u32)), ("q", vp), ("q_stride_seq", i64), ("q_stride_token", i64),
+                ("q_stride_head", i64), ("out", vp), ("out_stride_seq", i64), ("out_stride_token", i64),
+                ("out_stride_head", i64), ("lse", ctypes.POINTER(f32)), ("q_positions", ctypes.POINTER(i64)),
+                ("scale", f32), ("softcap", f32), ("window", u32), ("num_splits", u32)]
+
+
 STRUCTS = {"nq_rope": Rope, "nq_allocator": Allocator, "nq_layer_override": LayerOverride, "nq_config": Config,
            "nq_layer_params": LayerParams, "nq_layout": Layout, "nq_kv_desc": KvDesc, "nq_score_desc": ScoreDesc,
-           "nq_buffer": Buffer, "nq_block_info": BlockInfo}
+           "nq_buffer": Buffer, "nq_block_info": BlockInfo, "nq_attention_desc": AttentionDesc}
 
 P = ctypes.POINTER
 # name: (restype, argtypes)
@@ -142,6 +151,10 @@ FUNCTIONS = {
     "nq_sequence_decode": (c_int, [vp, u32, u32, P(KvDesc), vp]),
     "nq_sequence_positions": (c_int, [vp, u32, u32, u32, P(i64)]),
     "nq_sequence_free": (None, [vp]),
+    "nq_attention_desc_init": (None, [P(AttentionDesc)]),
+    "nq_attention_workspace_size": (c_int, [vp, P(AttentionDesc), P(size_t)]),
+    "nq_attention_decode": (c_int, [vp, P(AttentionDesc), vp, size_t, vp]),
+    "nq_attention_merge": (c_int, [P(f32), P(f32), P(f32), P(f32), size_t, u32]),
     "nq_abi_sizeof": (size_t, [ctypes.c_char_p]),
     "nq_abi_offsetof": (size_t, [ctypes.c_char_p, ctypes.c_char_p]),
 }

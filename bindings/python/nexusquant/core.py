@@ -365,7 +365,8 @@ class Context:
         h = ctypes.c_void_p()
         _check(lib.nq_context_create(ctypes.byref(c), ctypes.byref(h)))
         self._h = h
-        self.head_dim, self.num_kv_heads, self.num_q_heads = head_dim, num_kv_heads, num_q_heads
+        self.head_dim, self.num_kv_heads = head_dim, num_kv_heads
+        self.num_q_heads = num_q_heads or num_kv_heads
 
     def __del__(self):
         self.free()
@@ -436,6 +437,98 @@ class Context:
         return self._decode_into(
             lambda d: L.lib().nq_decode_block(self.handle, block.handle, begin, end, ctypes.byref(d), None),
             end - begin, dtype, out)
+
+    def attend(self, blocks, q, *, scale: Optional[float] = None, softcap: float = 0.0, window: int = 0,
+               q_positions=None, stream=None):
+        """Attention of queries over compressed blocks, read as they are (nq_attention_decode).
+
+        blocks: a Block, a list of Blocks (in order of position) or a Sequence, all of this
+        context's shape. q: [q_heads, head_dim] or [tokens, q_heads, head_dim] (numpy, or a
+        torch tensor; float16, bfloat16 or float32), RoPE applied as the model applies it.
+        scale: softmax scale (default 1/sqrt(head_dim)); softcap: logit soft-cap (0 = none);
+        q_positions: the position of each query token (int or [tokens]) for the causal mask,
+        and window > 0 (a sliding window in positions) needs them.
+        Returns (out, lse): out like q, lse float32 [q_heads] or [tokens, q_heads], the
+        natural log-sum-exp of the logits (-inf where no key is visible) for merging with
+        attention over other keys. A CUDA tensor q needs blocks in device memory and a
+        library built with the GPU backend.
+        """
+        if isinstance(blocks, Sequence):
+            handles = [L.lib().nq_sequence_block(blocks._h, i) for i in range(blocks.num_blocks)]
+        elif isinstance(blocks, Block):
+            handles = [blocks.handle.value]
+        else:
+            handles = [b.handle.value for b in blocks]
+        is_torch = type(q).__module__.startswith("torch")
+        squeeze = len(q.shape) == 2
+        if len(q.shape) not in (2, 3) or q.shape[-1] != self.head_dim or q.shape[-2] != self.num_q_heads:
+            raise ValueError(f"q must be [q_heads={self.num_q_heads}, head_dim={self.head_dim}] or "
+                             f"[tokens, q_heads, head_dim]; got {tuple(q.shape)}")
+        if is_torch:
+            q3 = q.unsqueeze(0) if squeeze else q
+            if q3.stride(-1) != 1:
+                q3 = q3.contiguous()
+            out = q3.new_empty(q3.shape)
+            import torch
+            lse = torch.empty(q3.shape[:2], dtype=torch.float32, device=q3.device)
+            lse_ptr = lse.data_ptr()
+        else:
+            q3 = np.asarray(q)
+            q3 = q3[None] if squeeze else q3
+            if q3.strides[-1] != q3.itemsize:
+                q3 = np.ascontiguousarray(q3)
+            out = np.empty(q3.shape, dtype=q3.dtype)
+            lse = np.empty(q3.shape[:2], dtype=np.float32)
+            lse_ptr = lse.ctypes.data
+        qv, ov = _View(q3), _View(out, writable=True)
+        T = q3.shape[0]
+        lib = L.lib()
+        images = []
+        for h in handles:
+            p, n = ctypes.c_void_p(), ctypes.c_size_t()
+            _check(lib.nq_block_data(h, ctypes.byref(p), ctypes.byref(n)))
+            images.append(p.value)
+        d = L.AttentionDesc()
+        lib.nq_attention_desc_init(ctypes.byref(d))
+        d.memory, d.device, d.dtype = qv.memory, qv.device, qv.dtype
+        d.num_seqs, d.q_tokens = 1, T
+        keep = []
+        if qv.memory == MEMORY_HOST:
+            table = (ctypes.c_void_p * max(1, len(images)))(*images)
+            indptr = (ctypes.c_uint32 * 2)(0, len(images))
+            keep += [table, indptr]
+            d.block_images = ctypes.cast(table, ctypes.POINTER(ctypes.c_void_p))
+            d.block_indptr = ctypes.cast(indptr, ctypes.POINTER(ctypes.c_uint32))
+        else:  # the table lives where the kernel reads it
+            import torch
+            table = torch.tensor(images or [0], dtype=torch.int64, device=q3.device)
+            indptr = torch.tensor([0, len(images)], dtype=torch.int32, device=q3.device)
+            keep += [table, indptr]
+            d.block_images = ctypes.cast(ctypes.c_void_p(table.data_ptr()), ctypes.POINTER(ctypes.c_void_p))
+            d.block_indptr = ctypes.cast(ctypes.c_void_p(indptr.data_ptr()), ctypes.POINTER(ctypes.c_uint32))
+        d.q, d.out = qv.ptr, ov.ptr
+        d.q_stride_token, d.q_stride_head = qv.strides[0], qv.strides[1]
+        d.out_stride_token, d.out_stride_head = ov.strides[0], ov.strides[1]
+        d.q_stride_seq = d.out_stride_seq = 0  # one sequence
+        d.lse = ctypes.cast(ctypes.c_void_p(lse_ptr), ctypes.POINTER(ctypes.c_float))
+        if q_positions is not None:
+            qp = np.ascontiguousarray(np.broadcast_to(np.asarray(q_positions, dtype=np.int64), (T,)))
+            if qv.memory != MEMORY_HOST:
+                import torch
+                qp = torch.from_numpy(qp).to(q3.device)
+                d.q_positions = ctypes.cast(ctypes.c_void_p(qp.data_ptr()), ctypes.POINTER(ctypes.c_int64))
+            else:
+                d.q_positions = qp.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
+            keep.append(qp)
+        elif window:
+            raise ValueError("window needs q_positions")
+        d.scale = 0.0 if scale is None else float(scale)
+        d.softcap = float(softcap)
+        d.window = int(window)
+        _check(lib.nq_attention_decode(self.handle, ctypes.byref(d), None, 0, stream))
+        if squeeze:
+            return out[0], lse[0]
+        return out, lse
 
     def deserialize(self, data: bytes) -> Block:
         buf = ctypes.create_string_buffer(bytes(data), len(data))

@@ -68,7 +68,8 @@ def test_python_example_runs():
 @pytest.mark.skipif(not shutil.which("cc") or not shutil.which("pkg-config"), reason="no C compiler or pkg-config")
 def test_c_example_builds_and_runs(tmp_path):
     sec = section(README, "Using the C API")
-    (code,), (shell,) = blocks(sec, "c"), blocks(sec, "sh")
+    (code,) = [b for b in blocks(sec, "c") if "int main" in b]  # the complete program
+    (shell,) = blocks(sec, "sh")
     (tmp_path / "example.c").write_text(code)
     out = run_steps(steps_for(shell, build_dir(), tmp_path, "", None), tmp_path, {})
     assert re.search(r"^\d+ of 1024 tokens kept, \d+ bytes, [\d.]+x$", out, flags=re.M), out

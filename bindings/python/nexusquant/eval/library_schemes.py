@@ -36,6 +36,7 @@ class LibraryScheme:
     use_queries: bool = True   # observation-window query scores when the model gives them
     pool_kernel: int = 0       # max-pool width over query scores; 0 = the library's (15)
     profile: Optional[str] = None  # "auto": the model's profile for the preset (profiles.py)
+    rope_mode: str = "remove"  # keys quantised with RoPE removed (re-applied on decode) or kept
 
     def settings(self, shape: dict, model_name: str) -> dict:
         """Context settings: the model profile's (when asked for and matching), then ours."""
@@ -49,7 +50,7 @@ class LibraryScheme:
                 model_name: str = "") -> Context:
         shape = {"num_layers": n_layers, "num_q_heads": q_heads, "num_kv_heads": kv_heads, "head_dim": head_dim}
         return Context(head_dim, kv_heads, q_heads, preset=self.preset, num_layers=n_layers,
-                       rope=RopeSpec(mode="remove", pairing="split", theta=rope_theta),
+                       rope=RopeSpec(mode=self.rope_mode, pairing="split", theta=rope_theta),
                        **self.settings(shape, model_name))
 
     def apply(self, cache: KVCache, *, q_heads: int, rope_theta: float, queries=None, model_name: str = ""):
@@ -90,6 +91,10 @@ def library_schemes() -> dict:
         s[preset + "-generic"] = LibraryScheme(preset + "-generic", preset=preset)
     # the SmolLM2-135M profile by name (the tuning runs' name for it)
     s["lossless-smollm2"] = LibraryScheme("lossless-smollm2", preset="lossless", profile="smollm2-135m")
+    # rotated keys quantised as they are (what attention over compressed blocks reads
+    # without a per-key decode): the quality side of that choice
+    s["lossless-keep"] = LibraryScheme("lossless-keep", preset="lossless", profile="auto", rope_mode="keep")
+    s["lossless-generic-keep"] = LibraryScheme("lossless-generic-keep", preset="lossless", rope_mode="keep")
     for kb, vb in ((4, 4), (4, 3), (3, 3), (3, 2), (2, 2)):
         for codec in ("e8", "scalar"):
             name = f"{codec}-k{kb}v{vb}"
@@ -99,9 +104,9 @@ def library_schemes() -> dict:
 
 # A library point named on the command line, for tuning runs (options in any order):
 #   {e8|scalar}-k{K}v{V}[-e{evict}][-s{fp16 sinks}][-w{fp16 window}][-r{recent window}]
-#                      [-t{sink tokens}][-shared|-paged][-norm][-p{pool}][-L{a}:{b}k{K}v{V}...]
+#                      [-t{sink tokens}][-shared|-paged][-norm][-keep][-p{pool}][-L{a}:{b}k{K}v{V}...]
 # e.g. e8-k3v2-e0.6-w16-r16, e8-k2v2-e0.4-shared, e8-k3v2-L0:2k4v3 (layers 0..1 at K4/V3).
-_OPTION = r"-e[0-9.]+|-[swrtp]\d+|-shared|-paged|-norm|-L-?\d+:-?\d+k\dv\d"
+_OPTION = r"-e[0-9.]+|-[swrtp]\d+|-shared|-paged|-norm|-keep|-L-?\d+:-?\d+k\dv\d"
 PATTERN = r"(e8|scalar)-k(\d)v(\d)((?:" + _OPTION + r")*)"
 
 
@@ -119,6 +124,8 @@ def parse_scheme(m) -> LibraryScheme:
             s.evict_mode = opt[1:]
         elif opt == "-norm":
             s.use_queries = False
+        elif opt == "-keep":
+            s.rope_mode = "keep"
         else:
             setattr(s, fields[opt[1]], int(opt[2:]))
     return s
