@@ -126,7 +126,7 @@ __device__ __forceinline__ float group_value(uint64_t code, uint32_t p, uint32_t
 }
 
 // All 8 coordinates of an E8 group with b known at compile time.
-template <int B> __device__ __forceinline__ void e8_point(uint64_t code, float (&q)[8]) {
+template <int B, class W> __device__ __forceinline__ void e8_point(W code, float (&q)[8]) {
     const uint32_t mask = (1u << B) - 1u;
     const float off = ((code & 1u) ? 0.75f : 0.25f) - (float)(1 << (B - 1));
     uint32_t par = 0;
@@ -157,7 +157,15 @@ __device__ __forceinline__ uint32_t warp_or(uint32_t v) {
 }
 
 // Reads of another CTA's partial results: past the (incoherent) L1.
-__device__ __forceinline__ float ld_volatile(const float *p) { return *static_cast<const volatile float *>(p); }
+__device__ __forceinline__ float ld_partial(const float *p) {
+#if defined(NQ_GPU_SIM)
+    return *p;
+#elif defined(__HIPCC__) || defined(NQ_HIP)
+    return *static_cast<const volatile float *>(p);
+#else
+    return __ldcg(p);
+#endif
+}
 
 __device__ __forceinline__ float load_elem(const void *base, int64_t i, uint32_t dtype) {
     if (dtype == kF32) return static_cast<const float *>(base)[i];
@@ -211,18 +219,25 @@ template <int NDL, int QC> struct Smem {
     float cm[kAttnWarps][QC], cl[kAttnWarps][QC];
     float cacc[kAttnWarps][QC * DMAX];  // per warp accumulators, then the merged output
     float fm[QC], fl[QC];
+    float sw[QC][kMaxAttentionSplits];  // merging splits: max, then weight of each split
+    float sl[QC][kMaxAttentionSplits];  // merging splits: sum of each split
+    uint4 vbuf[NDL == 4 ? kAttnWarps : 1][32][2];  // head_dim 128, 2-bit values: the chunk's codes
     uint32_t last;
 };
 
-// Per-warp running state of the QC queries of a pass.
-template <int NDL, int QC> struct WarpState {
+// Per-warp running state of the QC queries of a pass. acc holds the rotated-domain
+// value sums of the lane's dims: NDL consecutive dims (lane * NDL ...), or with head_dim
+// 128 (AV = 8) the 8 dims of group lane % 16 for the tokens of half-warp lane / 16.
+template <int AV, int QC> struct WarpState {
     float m[QC], l[QC];  // max (log2 units, warp-uniform), per-lane partial sum
-    float acc[QC][NDL];  // rotated-domain value sums of the lane's dims
+    float acc[QC][AV];
 };
+template <int NDL, int FD> constexpr int acc_width() { return FD == 128 ? 8 : NDL; }
 
 // One chunk of up to 32 consecutive kept tokens [j0, j0 + n) of head h of a block.
 template <int NDL, int QC, int FD, int KB, int VB>
-__device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> &sm, WarpState<NDL, QC> &st,
+__device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> &sm,
+                                             WarpState<acc_width<NDL, FD>(), QC> &st,
                                              const BlockView &v, uint32_t h, uint32_t j0, uint32_t n, uint32_t seq,
                                              uint32_t qc0, uint32_t warp, uint32_t lane) {
     const uint32_t D = FD ? (uint32_t)FD : P.D;
@@ -239,8 +254,17 @@ __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> 
     float x[QC];
 #pragma unroll
     for (int c = 0; c < QC; ++c) x[c] = 0.0f;
+    constexpr int AV = acc_width<NDL, FD>();
     float sv = 1.0f;
     if (coded) sv = bf16_to_f32(v.v_scales(h)[slot]);
+    constexpr bool kStageV = FD == 128 && VB == 2 && NDL == 4;  // value codes staged in shared memory
+    if constexpr (kStageV) {
+        if (coded) {
+            const uint8_t *vc = v.v_codes(h, slot);
+            sm.vbuf[warp][lane][0] = ld16(vc);
+            sm.vbuf[warp][lane][1] = ld16(vc + 16);
+        }
+    }
 
     // Logits of coded keys against the rotated query, one token per lane.
     if (fast) {
@@ -264,14 +288,16 @@ __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> 
 #pragma unroll
             for (int g = 0; g < 16; ++g) {
                 const int bit = 24 * g, wi = bit >> 5, off = bit & 31;
-                const uint64_t code = ((((uint64_t)w[wi + 1]) << 32) | w[wi]) >> off;
+                const uint32_t code = (uint32_t)(((((uint64_t)w[wi + 1]) << 32) | w[wi]) >> off);
                 float pt[8];
                 e8_point<3>(code, pt);
 #pragma unroll
                 for (int c = 0; c < QC; ++c) {
-                    const float *qr = sm.qrot + c * 128 + 8 * g;
-#pragma unroll
-                    for (int i = 0; i < 8; ++i) dot[c] += qr[i] * pt[i];
+                    const uint4 a = ld16(sm.qrot + c * 128 + 8 * g), b = ld16(sm.qrot + c * 128 + 8 * g + 4);
+                    dot[c] += __uint_as_float(a.x) * pt[0] + __uint_as_float(a.y) * pt[1] +
+                              __uint_as_float(a.z) * pt[2] + __uint_as_float(a.w) * pt[3] +
+                              __uint_as_float(b.x) * pt[4] + __uint_as_float(b.y) * pt[5] +
+                              __uint_as_float(b.z) * pt[6] + __uint_as_float(b.w) * pt[7];
                 }
             }
         } else {
@@ -369,12 +395,76 @@ __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> 
         st.m[c] = mnew;
         st.l[c] = st.l[c] * corr + p;
 #pragma unroll
-        for (int k = 0; k < NDL; ++k) st.acc[c][k] *= corr;
+        for (int k = 0; k < AV; ++k) st.acc[c][k] *= corr;
         pv[lane * QC + c] = p * sv;
     }
     __syncwarp();
 
-    // Values: the lane's NDL consecutive dims, for every token of the chunk.
+    // Values.
+    if constexpr (FD == 128) {
+        // Half-warp per token, lane per E8 group: two tokens per step, codepoints with
+        // compile-time positions; raw tokens after, one at a time.
+        const uint32_t g = lane & 15u, half = lane >> 4;
+        const uint64_t vpm = e8_parity_mask(vb);
+        for (uint32_t t0 = 0; t0 < n; t0 += 2) {
+            const uint32_t t = t0 + half, jt = j0 + t;
+            uint32_t vslot;
+            if (t >= n || !v.coded_slot(jt, &vslot)) continue;
+            float w[QC];
+            bool any = false;
+#pragma unroll
+            for (int c = 0; c < QC; ++c) {
+                w[c] = pv[t * QC + c];
+                any |= w[c] != 0.0f;
+            }
+            if (!any) continue;
+            float pt[8];
+            if constexpr (kStageV) {
+                const uint32_t code = reinterpret_cast<const uint16_t *>(&sm.vbuf[warp][t][0])[g];
+                e8_point<2>(code, pt);
+            } else {
+                const uint64_t code = load_group(v.v_codes(h, vslot), g, vb);
+                if (VB && e8) {
+                    e8_point<VB ? VB : 1>(code, pt);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) pt[i] = group_value(code, (uint32_t)i, vb, e8, vpm);
+                }
+            }
+#pragma unroll
+            for (int c = 0; c < QC; ++c)
+#pragma unroll
+                for (int i = 0; i < 8; ++i) st.acc[c][i] += w[c] * pt[i];
+        }
+        for (uint32_t t = 0; t < n; ++t) {
+            uint32_t vslot;
+            if (v.coded_slot(j0 + t, &vslot)) continue;
+            float w[QC];
+            bool any = false;
+#pragma unroll
+            for (int c = 0; c < QC; ++c) {
+                w[c] = pv[t * QC + c];
+                any |= w[c] != 0.0f;
+            }
+            if (!any) continue;  // warp-uniform: every lane read the same weights
+            // Raw value: rotate forward (y = H S v) so it joins the rotated-domain sums.
+            const uint16_t *vr = v.v_raw(h, vslot);
+            for (uint32_t d = lane; d < D; d += 32) {
+                const float y = f16_to_f32(vr[d]);
+                row[d] = hadamard_sign_negative(d) ? -y : y;
+            }
+            __syncwarp();
+            fwht_shared(row, 1, D, nblk, lane, 32, [] { __syncwarp(); });
+            if (half == 0) {
+#pragma unroll
+                for (int c = 0; c < QC; ++c)
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) st.acc[c][i] += w[c] * row[8 * g + i];
+            }
+            __syncwarp();
+        }
+    } else {
+    // The lane's NDL consecutive dims, for every token of the chunk.
     const uint32_t d0 = lane * NDL;
     const uint64_t vpm = e8_parity_mask(vb);
     for (uint32_t t = 0; t < n; ++t) {
@@ -433,6 +523,7 @@ __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> 
             __syncwarp();
         }
     }
+        }
     __syncwarp();
 }
 
@@ -466,7 +557,7 @@ __device__ void write_output(const AttnParams &P, Smem<NDL, QC> &sm, float *o, u
 }
 
 template <int NDL, int QC, int FD>
-__global__ void __launch_bounds__(kAttnThreads) attention_kernel(const NQ_GRID_CONSTANT AttnParams P) {
+__global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kernel(const NQ_GRID_CONSTANT AttnParams P) {
     __shared__ Smem<NDL, QC> sm;
     const uint32_t split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
     const uint32_t tid = threadIdx.x, warp = tid >> 5, lane = tid & 31u;
@@ -498,13 +589,14 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const NQ_GRID_C
         for (uint32_t k = tid; k < QC * D; k += kAttnThreads) sm.qrot[k] *= qrot_scale;
         __syncthreads();
 
-        WarpState<NDL, QC> st;
+        constexpr int AV = acc_width<NDL, FD>();
+        WarpState<AV, QC> st;
 #pragma unroll
         for (int c = 0; c < QC; ++c) {
             st.m[c] = -INFINITY;
             st.l[c] = 0.0f;
 #pragma unroll
-            for (int k = 0; k < NDL; ++k) st.acc[c][k] = 0.0f;
+            for (int k = 0; k < AV; ++k) st.acc[c][k] = 0.0f;
         }
 
         // Walk the blocks that overlap [t_begin, t_end); 32-token chunks go to the warps
@@ -542,9 +634,18 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const NQ_GRID_C
                 sm.cm[warp][c] = st.m[c];
                 sm.cl[warp][c] = l;
             }
+            if constexpr (FD == 128) {
+                // The two half-warps hold sums over different tokens of the same dims.
 #pragma unroll
-            for (int k = 0; k < NDL; ++k)
-                if (lane * NDL + k < D) sm.cacc[warp][c * D + lane * NDL + k] = st.acc[c][k];
+                for (int i = 0; i < 8; ++i) {
+                    const float a = st.acc[c][i] + __shfl_xor_sync(0xffffffffu, st.acc[c][i], 16, 32);
+                    if (lane < 16) sm.cacc[warp][c * D + 8 * lane + i] = a;
+                }
+            } else {
+#pragma unroll
+                for (int k = 0; k < NDL; ++k)
+                    if (lane * NDL + k < D) sm.cacc[warp][c * D + lane * NDL + k] = st.acc[c][k];
+            }
         }
         __syncthreads();
         if (tid < QC) {
@@ -599,32 +700,44 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const NQ_GRID_C
     __threadfence();
     const size_t part0 = ((size_t)seq * P.kv_heads + kvh) * P.splits;
     float *o = sm.cacc[0];
+    const uint32_t S = P.splits;
     for (uint32_t qc0 = 0; qc0 < P.nq; qc0 += QC) {
-        if (tid < QC) {
-            const uint32_t qi = qc0 + tid;
-            float M = -INFINITY, L = 0.0f;
+        // Every split's (m, l) at once, then the weights exp2(m_s - M) / L.
+        for (uint32_t k = tid; k < QC * S; k += kAttnThreads) {
+            const uint32_t c = k / S, sp = k - c * S, qi = qc0 + c;
+            float m = -INFINITY, l = 0.0f;
             if (qi < P.nq) {
-                for (uint32_t s = 0; s < P.splits; ++s) M = fmaxf(M, ld_volatile(P.part_ml + ((part0 + s) * P.nq + qi) * 2));
-                if (M != -INFINITY)
-                    for (uint32_t s = 0; s < P.splits; ++s) {
-                        const float *ml = P.part_ml + ((part0 + s) * P.nq + qi) * 2;
-                        L += ld_volatile(ml + 1) * exp2f(ld_volatile(ml) - M);
-                    }
+                const float *ml = P.part_ml + ((part0 + sp) * P.nq + qi) * 2;
+                m = ld_partial(ml);
+                l = ld_partial(ml + 1);
             }
+            sm.sw[c][sp] = m;
+            sm.sl[c][sp] = l;
+        }
+        __syncthreads();
+        if (tid < QC) {
+            float M = -INFINITY, L = 0.0f;
+            for (uint32_t sp = 0; sp < S; ++sp) M = fmaxf(M, sm.sw[tid][sp]);
+            if (M != -INFINITY)
+                for (uint32_t sp = 0; sp < S; ++sp) L += sm.sl[tid][sp] * exp2f(sm.sw[tid][sp] - M);
             sm.fm[tid] = M;
             sm.fl[tid] = L;
         }
         __syncthreads();
+        for (uint32_t k = tid; k < QC * S; k += kAttnThreads) {
+            const uint32_t c = k / S, sp = k - c * S;
+            const float M = sm.fm[c], L = sm.fl[c], m = sm.sw[c][sp];
+            sm.sw[c][sp] = (L > 0.0f && m != -INFINITY) ? exp2f(m - M) / L : 0.0f;
+        }
+        __syncthreads();
         for (uint32_t k = tid; k < QC * D; k += kAttnThreads) {
             const uint32_t c = k / D, d = k - c * D, qi = qc0 + c;
-            const float M = sm.fm[c], L = sm.fl[c];
             float a = 0.0f;
-            if (qi < P.nq && L > 0.0f) {
-                for (uint32_t s = 0; s < P.splits; ++s) {
-                    const float m = ld_volatile(P.part_ml + ((part0 + s) * P.nq + qi) * 2);
-                    if (m != -INFINITY) a += ld_volatile(P.part_acc + ((part0 + s) * P.nq + qi) * D + d) * exp2f(m - M);
-                }
-                a /= L;
+            if (qi < P.nq) {
+                const float *src = P.part_acc + (part0 * P.nq + qi) * D + d;
+                const size_t step = (size_t)P.nq * D;
+#pragma unroll 4
+                for (uint32_t sp = 0; sp < S; ++sp) a += sm.sw[c][sp] * ld_partial(src + sp * step);
             }
             o[k] = a;
         }

@@ -39,7 +39,7 @@ nq_status cpu_attention(const nq_context *ctx, const AttentionCall &call, void *
 #if defined(NQ_HAVE_GPU)
 // GPU backend (backends/cuda, HIP from the same source): one launch on `stream` (plus a
 // memset of the split counters when num_splits > 1). num_splits is 1..kMaxAttentionSplits.
-constexpr uint32_t kMaxAttentionSplits = 1024;
+constexpr uint32_t kMaxAttentionSplits = 128;
 size_t gpu_attention_workspace_bytes(const nq_context *ctx, const AttentionCall &call);
 nq_status gpu_attention(nq_context *ctx, const AttentionCall &call, void *workspace, void *stream);
 // Splits per (sequence, KV head) that fill the current device: about four CTAs per
