@@ -228,11 +228,46 @@ template <int NDL, int QC> struct Smem {
 // Per-warp running state of the QC queries of a pass. acc holds the rotated-domain
 // value sums of the lane's dims: NDL consecutive dims (lane * NDL ...), or with head_dim
 // 128 (AV = 8) the 8 dims of group lane % 16 for the tokens of half-warp lane / 16.
+// Raw (fp16) values are summed in the original domain into the warp's cacc rows (each
+// lane owns dims lane, lane + 32, ...), rotated forward once at the end of the pass.
 template <int AV, int QC> struct WarpState {
     float m[QC], l[QC];  // max (log2 units, warp-uniform), per-lane partial sum
     float acc[QC][AV];
+    bool has_raw;        // warp-uniform: cacc[warp] holds raw value sums
 };
 template <int NDL, int FD> constexpr int acc_width() { return FD == 128 ? 8 : NDL; }
+
+// Raw slot of kept token j (a sink or a window token).
+__device__ __forceinline__ uint32_t slot_raw(const BlockView &v, uint32_t j) {
+    uint32_t slot;
+    (void)v.coded_slot(j, &slot);
+    return slot;
+}
+
+// Raw values of the chunk, weighted, into the warp's original-domain sums.
+template <int QC>
+__device__ __forceinline__ void raw_values(float *racc, bool &has_raw, const BlockView &v, uint32_t h, uint32_t j0,
+                                           uint32_t n, const float *pv, uint32_t D, uint32_t lane) {
+    for (uint32_t t = 0; t < n; ++t) {
+        uint32_t vslot;
+        if (v.coded_slot(j0 + t, &vslot)) continue;
+        float w[QC];
+        bool any = false;
+#pragma unroll
+        for (int c = 0; c < QC; ++c) {
+            w[c] = pv[t * QC + c];
+            any |= w[c] != 0.0f;
+        }
+        if (!any) continue;  // warp-uniform: every lane read the same weights
+        has_raw = true;
+        const uint16_t *vr = v.v_raw(h, vslot);
+        for (uint32_t d = lane; d < D; d += 32) {
+            const float y = f16_to_f32(vr[d]);
+#pragma unroll
+            for (int c = 0; c < QC; ++c) racc[c * D + d] += w[c] * y;
+        }
+    }
+}
 
 // One chunk of up to 32 consecutive kept tokens [j0, j0 + n) of head h of a block.
 template <int NDL, int QC, int FD, int KB, int VB>
@@ -321,22 +356,38 @@ __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> 
         }
 #pragma unroll
         for (int c = 0; c < QC; ++c) x[c] = dot[c] * sk;
+    } else if (active && !coded) {
+        // A raw key against the unrotated query, one token per lane (16-byte loads).
+        const uint16_t *kr = v.k_raw(h, slot_raw(v, j));
+        for (uint32_t d = 0; d < D; d += 8) {
+            const uint4 u = ld16(kr + d);
+            const uint32_t wv[4] = {u.x, u.y, u.z, u.w};
+            float kx[8];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                kx[2 * i] = f16_to_f32((uint16_t)(wv[i] & 0xffffu));
+                kx[2 * i + 1] = f16_to_f32((uint16_t)(wv[i] >> 16));
+            }
+#pragma unroll
+            for (int c = 0; c < QC; ++c) {
+                const uint4 a = ld16(sm.qorig + c * D + d), b = ld16(sm.qorig + c * D + d + 4);
+                x[c] += __uint_as_float(a.x) * kx[0] + __uint_as_float(a.y) * kx[1] + __uint_as_float(a.z) * kx[2] +
+                        __uint_as_float(a.w) * kx[3] + __uint_as_float(b.x) * kx[4] + __uint_as_float(b.y) * kx[5] +
+                        __uint_as_float(b.z) * kx[6] + __uint_as_float(b.w) * kx[7];
+            }
+        }
     }
 
-    // Raw keys and keys with RoPE removed: the warp decodes them one at a time.
-    uint32_t slow = warp_or(active && !fast ? 1u << lane : 0u);
+    // Keys with RoPE removed: the warp decodes them one at a time.
+    uint32_t slow = warp_or(coded && removed ? 1u << lane : 0u);
     float *row = sm.row[warp];
     while (slow) {
         const uint32_t t = (uint32_t)__popc((slow & (0u - slow)) - 1u);
         slow &= slow - 1u;
         const uint32_t jt = j0 + t;
         uint32_t st_slot;
-        const bool tc = v.coded_slot(jt, &st_slot);
-        if (!tc) {
-            const uint16_t *kr = v.k_raw(h, st_slot);
-            for (uint32_t d = lane; d < D; d += 32) row[d] = f16_to_f32(kr[d]);
-            __syncwarp();
-        } else {
+        (void)v.coded_slot(jt, &st_slot);
+        {
             const uint8_t *kc = v.k_codes(h, st_slot);
             const float sk = bf16_to_f32(v.k_scales(h)[st_slot]);
             const uint64_t pm = e8_parity_mask(kb);
@@ -396,6 +447,8 @@ __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> 
         st.l[c] = st.l[c] * corr + p;
 #pragma unroll
         for (int k = 0; k < AV; ++k) st.acc[c][k] *= corr;
+        if (st.has_raw)
+            for (uint32_t d = lane; d < D; d += 32) sm.cacc[warp][c * D + d] *= corr;
         pv[lane * QC + c] = p * sv;
     }
     __syncwarp();
@@ -436,33 +489,7 @@ __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> 
 #pragma unroll
                 for (int i = 0; i < 8; ++i) st.acc[c][i] += w[c] * pt[i];
         }
-        for (uint32_t t = 0; t < n; ++t) {
-            uint32_t vslot;
-            if (v.coded_slot(j0 + t, &vslot)) continue;
-            float w[QC];
-            bool any = false;
-#pragma unroll
-            for (int c = 0; c < QC; ++c) {
-                w[c] = pv[t * QC + c];
-                any |= w[c] != 0.0f;
-            }
-            if (!any) continue;  // warp-uniform: every lane read the same weights
-            // Raw value: rotate forward (y = H S v) so it joins the rotated-domain sums.
-            const uint16_t *vr = v.v_raw(h, vslot);
-            for (uint32_t d = lane; d < D; d += 32) {
-                const float y = f16_to_f32(vr[d]);
-                row[d] = hadamard_sign_negative(d) ? -y : y;
-            }
-            __syncwarp();
-            fwht_shared(row, 1, D, nblk, lane, 32, [] { __syncwarp(); });
-            if (half == 0) {
-#pragma unroll
-                for (int c = 0; c < QC; ++c)
-#pragma unroll
-                    for (int i = 0; i < 8; ++i) st.acc[c][i] += w[c] * row[8 * g + i];
-            }
-            __syncwarp();
-        }
+        raw_values<QC>(sm.cacc[warp], st.has_raw, v, h, j0, n, pv, D, lane);
     } else {
     // The lane's NDL consecutive dims, for every token of the chunk.
     const uint32_t d0 = lane * NDL;
@@ -505,25 +532,10 @@ __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> 
             for (int c = 0; c < QC; ++c)
 #pragma unroll
                 for (int k = 0; k < NDL; ++k) st.acc[c][k] += w[c] * val[k];
-        } else {
-            // Raw value: rotate forward (y = H S v) so it joins the rotated-domain sums.
-            if (!any) continue;  // warp-uniform: every lane read the same weights
-            const uint16_t *vr = v.v_raw(h, vslot);
-            for (uint32_t d = lane; d < D; d += 32) {
-                const float y = f16_to_f32(vr[d]);
-                row[d] = hadamard_sign_negative(d) ? -y : y;
-            }
-            __syncwarp();
-            fwht_shared(row, 1, D, nblk, lane, 32, [] { __syncwarp(); });
-#pragma unroll
-            for (int c = 0; c < QC; ++c)
-#pragma unroll
-                for (int k = 0; k < NDL; ++k)
-                    if (d0 + (uint32_t)k < D) st.acc[c][k] += w[c] * row[d0 + k];
-            __syncwarp();
         }
     }
-        }
+    raw_values<QC>(sm.cacc[warp], st.has_raw, v, h, j0, n, pv, D, lane);
+    }
     __syncwarp();
 }
 
@@ -598,6 +610,9 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
 #pragma unroll
             for (int k = 0; k < AV; ++k) st.acc[c][k] = 0.0f;
         }
+        st.has_raw = false;
+        for (uint32_t k = lane; k < QC * D; k += 32) sm.cacc[warp][k] = 0.0f;
+        __syncwarp();
 
         // Walk the blocks that overlap [t_begin, t_end); 32-token chunks go to the warps
         // in turn.
@@ -626,7 +641,15 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
             base += kept;
         }
 
-        // Merge the warps.
+        // Merge the warps: raw sums rotated forward (y = H S v), plus the rotated sums.
+        if (st.has_raw) {
+            __syncwarp();
+            for (uint32_t k = lane; k < QC * D; k += 32)
+                if (hadamard_sign_negative(k % D)) sm.cacc[warp][k] = -sm.cacc[warp][k];
+            __syncwarp();
+            fwht_shared(sm.cacc[warp], QC, D, nblk, lane, 32, [] { __syncwarp(); });
+        }
+        __syncwarp();
 #pragma unroll
         for (int c = 0; c < QC; ++c) {
             const float l = warp_sum(st.l[c]);
@@ -639,12 +662,12 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
 #pragma unroll
                 for (int i = 0; i < 8; ++i) {
                     const float a = st.acc[c][i] + __shfl_xor_sync(0xffffffffu, st.acc[c][i], 16, 32);
-                    if (lane < 16) sm.cacc[warp][c * D + 8 * lane + i] = a;
+                    if (lane < 16) sm.cacc[warp][c * D + 8 * lane + i] += a;
                 }
             } else {
 #pragma unroll
                 for (int k = 0; k < NDL; ++k)
-                    if (lane * NDL + k < D) sm.cacc[warp][c * D + lane * NDL + k] = st.acc[c][k];
+                    if (lane * NDL + k < D) sm.cacc[warp][c * D + lane * NDL + k] += st.acc[c][k];
             }
         }
         __syncthreads();

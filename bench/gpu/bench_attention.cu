@@ -3,7 +3,7 @@
 // fp16 sinks 4 and window 32 per block), one query token per sequence, fp16 q/out.
 // Each sequence's history is blocks of 4096 tokens compressed on the device.
 //
-//   bench_attention [--reps N] [--splits S] [--check 0|1]
+//   bench_attention [--reps N] [--splits S] [--check 0|1] [--shape I]
 //
 // Prints one JSON object per shape: tokens, batch, rope, bytes_read (every resident
 // byte of the blocks), splits, fused_us (median over N replays of a CUDA graph of the
@@ -283,10 +283,12 @@ int main(int argc, char **argv) {
     int reps = 50;
     uint32_t splits = 0;
     bool check = true;
+    int only = -1;
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
         if (!std::strcmp(argv[i], "--splits") && i + 1 < argc) splits = (uint32_t)std::atoi(argv[++i]);
         if (!std::strcmp(argv[i], "--check") && i + 1 < argc) check = std::atoi(argv[++i]) != 0;
+        if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) only = std::atoi(argv[++i]);
     }
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
@@ -311,7 +313,8 @@ int main(int argc, char **argv) {
     cudaFree(b);
     const Shape shapes[] = {{131072, 1, NQ_ROPE_KEEP}, {32768, 8, NQ_ROPE_KEEP}, {4096, 1, NQ_ROPE_KEEP},
                             {131072, 1, NQ_ROPE_REMOVE}, {32768, 8, NQ_ROPE_REMOVE}, {4096, 1, NQ_ROPE_REMOVE}};
-    for (const Shape &sh : shapes) run(sh, s, reps, splits, check, copy_gbps);
+    for (int i = 0; i < 6; ++i)
+        if (only < 0 || only == i) run(shapes[i], s, reps, splits, check, copy_gbps);
     cudaStreamDestroy(s);
     return 0;
 }

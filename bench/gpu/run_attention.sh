@@ -48,6 +48,14 @@ timeout ${NQ_SAN_TIMEOUT:-200} compute-sanitizer --tool memcheck --error-exitcod
   --gtest_filter='GpuAttention.*' > "$out/memcheck.log" 2>&1
 echo "memcheck: rc=$?, $((SECONDS - t0)) s"
 
+if [ "${NQ_NCU:-0}" = 1 ]; then  # hardware counters of one launch (128K tokens, batch 1, RoPE kept)
+  t0=$SECONDS
+  timeout 200 ncu --clock-control none -k regex:attention_kernel -c 1 --section SpeedOfLight --section Occupancy \
+    --section WarpStateStats --section InstructionStats --section LaunchStats --section SchedulerStats \
+    --section MemoryWorkloadAnalysis $b/bench/gpu/bench_attention --shape 0 --reps 1 --check 0 > "$out/ncu.txt" 2>&1
+  echo "ncu: rc=$?, $((SECONDS - t0)) s"
+fi
+
 echo "==== attention tests"
 grep -E "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|error" "$out/tests-attention.log" | head -30
 tail -3 "$out/tests-attention.log"
@@ -56,6 +64,10 @@ echo "==== memcheck"
 grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$out/memcheck.log" | head -10
 echo "==== resource usage (attention)"
 paste - - < "$out/resource-usage.txt" | sed -E 's/.*attention_kernelILi([0-9]+)ELi([0-9]+)ELi([0-9]+)E.*(REG:[0-9]+ STACK:[0-9]+ SHARED:[0-9]+ LOCAL:[0-9]+).*/NDL \1 QC \2 FD \3: \4/' | head -20
+if [ -f "$out/ncu.txt" ]; then
+  echo "==== ncu"
+  grep -E "Duration|Throughput|Achieved Occupancy|Theoretical Occ|Issue Slots Busy|Executed Ipc A|Warp Cycles Per Issued|No Eligible|Registers Per|Block Limit|Stall|L1/TEX Hit|L2 Hit" "$out/ncu.txt" | head -40
+fi
 echo "==== bench"
 cat "$out/bench.err" | tail -3
 cat "$out/sdpa.txt"
