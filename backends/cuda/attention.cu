@@ -38,6 +38,11 @@ constexpr unsigned kAttnWarps = kAttnThreads / 32;
 constexpr uint32_t kMaxFreq = kMaxHeadDim / 2;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
+#if defined(NQ_GPU_SIM)
+constexpr uint64_t kMinSplitTokens = 32;  // the stand-in's short test sequences still merge several splits
+#else
+constexpr uint64_t kMinSplitTokens = 256;  // 8 chunks: two per warp
+#endif
 
 struct AttnParams {
     const void *const *images;
@@ -126,18 +131,21 @@ __device__ __forceinline__ float group_value(uint64_t code, uint32_t p, uint32_t
 }
 
 // All 8 coordinates of an E8 group with b known at compile time.
+// u goes into the top mantissa bits of 1.0f: (1 + u / 2^B) * 2^B + (off - 2^B) is
+// exactly u + off (one rounding of an exact result), three instructions a coordinate.
 template <int B, class W> __device__ __forceinline__ void e8_point(W code, float (&q)[8]) {
     const uint32_t mask = (1u << B) - 1u;
-    const float off = ((code & 1u) ? 0.75f : 0.25f) - (float)(1 << (B - 1));
+    const float scale = (float)(1 << B);
+    const float off = ((code & 1u) ? 0.75f : 0.25f) - (float)(1 << (B - 1)) - scale;
     uint32_t par = 0;
 #pragma unroll
     for (int i = 0; i < 7; ++i) {
         const uint32_t u = (uint32_t)(code >> (1 + i * B)) & mask;
         par ^= u;
-        q[i] = small_uint_float(u) + off;
+        q[i] = __uint_as_float(0x3f800000u | (u << (23 - B))) * scale + off;
     }
     const uint32_t u7 = ((((uint32_t)(code >> (1 + 7 * B))) & (mask >> 1)) << 1) | (par & 1u);
-    q[7] = small_uint_float(u7) + off;
+    q[7] = __uint_as_float(0x3f800000u | (u7 << (23 - B))) * scale + off;
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -581,7 +589,11 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
     const uint32_t b0 = P.indptr[seq], b1 = P.indptr[seq + 1];
     uint64_t total = 0;
     for (uint32_t b = b0; b < b1; ++b) total += BlockView::rd32(static_cast<const uint8_t *>(P.images[b]) + 36);
-    const uint64_t t_begin = total * split / P.splits, t_end = total * (split + 1) / P.splits;
+    // Short sequences use fewer splits (at least kMinSplitTokens each): the CTAs past
+    // them hand in empty partials, so the merge reads less.
+    const uint64_t eff = std::max<uint64_t>(1, std::min<uint64_t>(P.splits, (total + kMinSplitTokens - 1) / kMinSplitTokens));
+    const uint64_t t_begin = split < eff ? total * split / eff : total;
+    const uint64_t t_end = split < eff ? total * (split + 1) / eff : total;
 
     for (uint32_t qc0 = 0; qc0 < P.nq; qc0 += QC) {
         // Queries of this pass, original and rotated.
@@ -759,8 +771,11 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
             if (qi < P.nq) {
                 const float *src = P.part_acc + (part0 * P.nq + qi) * D + d;
                 const size_t step = (size_t)P.nq * D;
-#pragma unroll 4
-                for (uint32_t sp = 0; sp < S; ++sp) a += sm.sw[c][sp] * ld_partial(src + sp * step);
+#pragma unroll 8
+                for (uint32_t sp = 0; sp < S; ++sp) {
+                    const float w = sm.sw[c][sp];
+                    if (w != 0.0f) a += w * ld_partial(src + sp * step);
+                }
             }
             o[k] = a;
         }

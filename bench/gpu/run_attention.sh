@@ -34,6 +34,10 @@ echo "attention tests: rc=$?, $((SECONDS - t0)) s"
 t0=$SECONDS
 timeout 240 $b/bench/gpu/bench_attention --reps ${NQ_BENCH_REPS:-50} > "$out/attention.jsonl" 2> "$out/bench.err"
 echo "bench: rc=$?, $((SECONDS - t0)) s"
+if [ -n "${NQ_BENCH_SPLITS:-}" ]; then  # the same shapes with a fixed split count
+  timeout 120 $b/bench/gpu/bench_attention --reps ${NQ_BENCH_REPS:-50} --check 0 --splits $NQ_BENCH_SPLITS \
+    > "$out/attention-splits.jsonl" 2>> "$out/bench.err"
+fi
 t0=$SECONDS
 PYTHONUNBUFFERED=1 timeout 200 python3 "$root/bench/gpu/bench_sdpa.py" "$out/attention.jsonl" > "$out/sdpa.txt" \
   2> "$out/sdpa.err"
@@ -71,4 +75,5 @@ fi
 echo "==== bench"
 cat "$out/bench.err" | tail -3
 cat "$out/sdpa.txt"
+[ -f "$out/attention-splits.jsonl" ] && { echo "== splits $NQ_BENCH_SPLITS"; cut -c1-60,230-330 "$out/attention-splits.jsonl"; }
 tail -5 "$out/sdpa.err"
