@@ -367,14 +367,20 @@ __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> 
     } else if (active && !coded) {
         // A raw key against the unrotated query, one token per lane (16-byte loads).
         const uint16_t *kr = v.k_raw(h, slot_raw(v, j));
+        const bool al = aligned16(kr);  // images the library allocates are; a caller's pool may not be
         for (uint32_t d = 0; d < D; d += 8) {
-            const uint4 u = ld16(kr + d);
-            const uint32_t wv[4] = {u.x, u.y, u.z, u.w};
             float kx[8];
+            if (al) {
+                const uint4 u = ld16(kr + d);
+                const uint32_t wv[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                kx[2 * i] = f16_to_f32((uint16_t)(wv[i] & 0xffffu));
-                kx[2 * i + 1] = f16_to_f32((uint16_t)(wv[i] >> 16));
+                for (int i = 0; i < 4; ++i) {
+                    kx[2 * i] = f16_to_f32((uint16_t)(wv[i] & 0xffffu));
+                    kx[2 * i + 1] = f16_to_f32((uint16_t)(wv[i] >> 16));
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; ++i) kx[i] = f16_to_f32(kr[d + i]);
             }
 #pragma unroll
             for (int c = 0; c < QC; ++c) {
@@ -845,10 +851,11 @@ uint32_t gpu_attention_splits(const nq_context *ctx, uint32_t num_seqs, uint32_t
         (void)cudaGetLastError();
         device = 0;
     }
-    // Enough CTAs for about four per multiprocessor; each split still gets whole chunks.
+    // As many CTAs as fit the device at once (four per multiprocessor: 128 registers per
+    // thread), rounded down so that the grid is one wave; at least one split.
     const uint64_t ctas = (uint64_t)(num_seqs ? num_seqs : 1) * (kv_heads ? kv_heads : 1);
     const uint64_t target = (uint64_t)sm_count(device) * 4;
-    uint64_t s = (target + ctas - 1) / ctas;
+    uint64_t s = target / ctas;
     return (uint32_t)std::min<uint64_t>(std::max<uint64_t>(s, 1), kMaxAttentionSplits);
 }
 
