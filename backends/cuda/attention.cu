@@ -13,8 +13,9 @@
 // <q, k> = s_k / n <H S q, q_pt>, so the query is rotated once per CTA. Values are
 // accumulated in the rotated domain (sum p s_v q_pt); one inverse transform per query
 // at the end returns them. Raw fp16 sink/window tokens are attended in the original
-// domain for keys and rotated forward (y = H S v) for values. Keys of blocks with RoPE
-// removed are decoded per token (inverse Hadamard, RoPE at the stored position).
+// domain; their value sums are rotated forward (y = H S v) once per pass. Keys of
+// blocks with RoPE removed are decoded per token (inverse Hadamard, RoPE at the stored
+// position). backends/cuda/NOTES.md has the measurements.
 #include "gpu_runtime.h"  // first: the runtime defines __host__/__device__ for the shared headers
 #include <algorithm>
 #include <cmath>
@@ -222,10 +223,9 @@ template <int NDL, int QC> struct Smem {
     float qrot[QC * DMAX];              // H S q * scale / n (coded keys)
     float qorig[QC * DMAX];             // q * scale (raw and decoded keys)
     float pv[kAttnWarps][32 * QC];      // per warp: p (times s_v for coded tokens)
-    float xs[kAttnWarps][QC];           // per warp: logits of the token the warp decoded
-    float row[kAttnWarps][DMAX];        // per warp: one decoded key / transformed raw value
+    float row[kAttnWarps][DMAX];        // per warp: one key decoded with RoPE (mode REMOVE)
     float cm[kAttnWarps][QC], cl[kAttnWarps][QC];
-    float cacc[kAttnWarps][QC * DMAX];  // per warp accumulators, then the merged output
+    float cacc[kAttnWarps][QC * DMAX];  // per warp: raw value sums, then all sums; then the merged output
     float fm[QC], fl[QC];
     float sw[QC][kMaxAttentionSplits];  // merging splits: max, then weight of each split
     float sl[QC][kMaxAttentionSplits];  // merging splits: sum of each split
