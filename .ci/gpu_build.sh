@@ -19,11 +19,11 @@ nvcc=$(command -v nvcc || true)
 if [ -z "$nvcc" ] && [ -x /usr/local/cuda/bin/nvcc ]; then nvcc=/usr/local/cuda/bin/nvcc; fi
 if [ -n "$nvcc" ]; then
   archs=${NQ_CI_CUDA_ARCHS:-90}
-  echo "== CUDA ($nvcc, sm_$archs): library, nq_gpu_tests, bench_cuda (build-ci-cuda)"
+  echo "== CUDA ($nvcc, sm_$archs): library, nq_gpu_tests, bench_cuda, bench_attention (build-ci-cuda)"
   start=$SECONDS
   cmake -S . -B build-ci-cuda -DCMAKE_BUILD_TYPE=Release -DNQ_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" \
     -DCMAKE_CUDA_ARCHITECTURES="$archs" -DNQ_BUILD_TESTS=ON -DNQ_BUILD_TOOLS=OFF >/dev/null
-  cmake --build build-ci-cuda -j"$jobs" --target nexusquant nq_gpu_tests bench_cuda >/dev/null
+  cmake --build build-ci-cuda -j"$jobs" --target nexusquant nq_gpu_tests bench_cuda bench_attention >/dev/null
   build_s=$((SECONDS - start))
   echo "== nq_gpu_tests (every test skips without a CUDA device)"
   log=build-ci-cuda/nq_gpu_tests.log
@@ -33,7 +33,7 @@ if [ -n "$nvcc" ]; then
   fi
   grep -m1 -o 'no CUDA device.*' "$log" || true
   tail -n 3 "$log"
-  summary+=("CUDA sm_$archs: libnexusquant.so, nq_gpu_tests, bench_cuda built in ${build_s}s; nq_gpu_tests ran")
+  summary+=("CUDA sm_$archs: libnexusquant.so, nq_gpu_tests, bench_cuda, bench_attention built in ${build_s}s; nq_gpu_tests ran")
 else
   echo "== CUDA: nvcc not found (PATH, /usr/local/cuda/bin): CUDA compile skipped"
   summary+=("CUDA: skipped (no nvcc)")

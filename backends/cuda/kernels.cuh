@@ -473,43 +473,6 @@ __device__ __forceinline__ void e8_decode_any(const uint8_t *in, int bits, float
     }
 }
 
-__device__ __forceinline__ void e8_encode_group_reg(const float (&t)[8], int bits, uint8_t *out) {
-    const float lo = -(float)(1 << (bits - 1));
-    const float hi = (float)((1 << (bits - 1)) - 1);
-    float k0[8], k1[8];
-    const float e0 = e8_coset_nearest_reg(t, 0.0f, lo, hi, k0);
-    const float e1 = e8_coset_nearest_reg(t, 0.5f, lo, hi, k1);
-    const bool c1 = e1 < e0;
-    uint64_t acc = c1 ? 1u : 0u;
-    const int half = 1 << (bits - 1);
-#pragma unroll
-    for (int i = 0; i < 7; ++i) {
-        const float ki = c1 ? k1[i] : k0[i];
-        acc |= (uint64_t)small_int_bits(ki, (float)half) << (1 + i * bits);
-    }
-    const float k7 = c1 ? k1[7] : k0[7];
-    acc |= (uint64_t)(small_int_bits(k7, (float)half) >> 1) << (1 + 7 * bits);
-    for (int b = 0; b < bits; ++b) out[b] = (uint8_t)(acc >> (8 * b));
-}
-
-// e8_decode_group (lattice_codec.h) without conversion instructions: the same values.
-__device__ __forceinline__ void e8_decode_group_fast(const uint8_t *in, int bits, float (&q)[8]) {
-    uint64_t acc = 0;
-    for (int b = 0; b < bits; ++b) acc |= (uint64_t)in[b] << (8 * b);
-    const uint32_t mask = (1u << bits) - 1u;
-    const float half = (float)(1 << (bits - 1));
-    const float shift = (acc & 1u) ? 0.75f : 0.25f;
-    uint32_t par = 0;
-#pragma unroll
-    for (int i = 0; i < 7; ++i) {
-        const uint32_t u = (uint32_t)(acc >> (1 + i * bits)) & mask;
-        par ^= u;
-        q[i] = (small_uint_float(u) - half) + shift;
-    }
-    const uint32_t u7 = (((uint32_t)(acc >> (1 + 7 * bits)) & (mask >> 1)) << 1) | (par & 1u);
-    q[7] = (small_uint_float(u7) - half) + shift;
-}
-
 // Finds the item whose [begin, next begin) holds `row` (begin values increase).
 template <class T, class F>
 __device__ __forceinline__ uint32_t find_item(const T *items, uint32_t n, uint64_t row, F begin_of) {

@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <atomic>
 #include <vector>
 
 #define __global__
@@ -81,6 +82,7 @@ inline BlockState *g_state = nullptr;
 inline void launch(dim3 grid, dim3 block, const std::function<void()> &fn) {
     g_block_dim = block;
     g_grid_dim = grid;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
     for (unsigned b = 0; b < grid.x; ++b) {
         BlockState st;
@@ -91,9 +93,9 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()> &fn) {
         std::vector<std::thread> th;
         th.reserve(block.x);
         for (unsigned t = 0; t < block.x; ++t)
-            th.emplace_back([&, t, b, by] {
+            th.emplace_back([&, t, b, by, bz] {
                 tl_thread = dim3(t, 0, 0);
-                tl_block = dim3(b, by, 0);
+                tl_block = dim3(b, by, bz);
                 fn();
             });
         for (auto &x : th) x.join();
@@ -157,6 +159,9 @@ inline unsigned atomicAdd(unsigned *p, unsigned v) {
     return old;
 }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+// Blocks run one after another on the host: a fence has nothing to order.
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline float __uint_as_float(unsigned u) {
     float f;
     std::memcpy(&f, &u, 4);
