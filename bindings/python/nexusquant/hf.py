@@ -835,6 +835,8 @@ class NexusQuantCache(Cache):
         ratio                   fp16_equivalent_bytes / total_bytes
         tokens_seen             tokens that went through the model (padding included)
         tokens_attended         keys the attention gets per head (kept + window)
+        layer_bits              per layer, the (K bits, V bits) of its first block (batch
+                                element 0): presets choose them per block from the data
         transfer                see `transfer`
 
         This counts the cache and nothing else. Measuring it as the difference of
@@ -845,6 +847,7 @@ class NexusQuantCache(Cache):
         """
         comp = win = fp16 = native = 0
         tokens = kept = 0
+        layer_bits = []
         for layer in self.layers:
             if not getattr(layer, "is_initialized", False) or layer.keys is None:
                 continue
@@ -853,6 +856,10 @@ class NexusQuantCache(Cache):
             fp16 += 2 * b * h * d * seen * 2
             native += 2 * b * h * d * seen * layer.keys.element_size()
             if isinstance(layer, NexusQuantLayer):
+                blocks = layer.blocks(0)
+                if blocks:
+                    info = blocks[0].info()
+                    layer_bits.append((info["k_bits"], info["v_bits"]))
                 comp += layer.compressed_bytes()
                 win += layer.window_bytes()
                 tokens = max(tokens, seen)
@@ -869,6 +876,7 @@ class NexusQuantCache(Cache):
             "ratio": fp16 / total if total else float("nan"),
             "tokens_seen": tokens,
             "tokens_attended": kept,
+            "layer_bits": layer_bits,
             "quality": self.quality,
             "transfer": self.transfer,
         }
