@@ -228,7 +228,15 @@ typedef enum nq_cpu_isa NQ_ENUM_BASE {
  *   BALANCED  about 16x.
  *   MAX       (alias AGGRESSIVE) about 30x.
  *   S/M/L/XL  explicit ratio targets 5x/10x/17x/33x.
- *   CUSTOM    k_bits, v_bits and evict_fraction of nq_config as given. */
+ *   CUSTOM    k_bits, v_bits and evict_fraction of nq_config as given.
+ * Bits from the data: when neither k_bits nor v_bits is set (and for layers whose
+ * override sets no bits), a preset's K/V bits are nominal. Compressing host K/V with
+ * NQ_SCORES_QUERIES in host memory, each block chooses its own pair from the error
+ * quantisation causes in those queries' attention outputs: LOSSLESS..MAX as a
+ * distortion target (each side one bit down or up, at most one bit more than nominal
+ * in all), a target ratio and S/M/L/XL as a byte budget (only the K/V split moves).
+ * Without host queries, and on the GPU path, blocks keep the nominal bits. The block
+ * records its bits (nq_block_info.k_bits / v_bits). */
 typedef enum nq_preset NQ_ENUM_BASE {
     NQ_PRESET_CUSTOM = 0,
     NQ_PRESET_LOSSLESS = 1,
@@ -480,7 +488,9 @@ NQ_API nq_backend nq_context_backend(const nq_context *ctx);
 
 /* ---------------------------------------------------------------- sizes */
 
-/* Exact bytes of the block that compressing *kv will produce (its resident form). */
+/* Bytes of the block that compressing *kv will produce (its resident form): exact when
+ * the bits are fixed; when blocks choose their bits from the data (see nq_preset) the
+ * size of the largest candidate pair, an upper bound known before any data is read. */
 NQ_API nq_status nq_compress_bound(const nq_context *ctx, const nq_kv_desc *kv, size_t *bytes);
 
 /* Scratch bytes that compressing (or, with kv describing a block's size, decoding) the
@@ -496,7 +506,7 @@ NQ_API uint64_t nq_kv_cache_bytes(uint64_t layers, uint64_t kv_heads, uint64_t h
 
 /* Resident bytes that `layers` blocks of `tokens` tokens each (one per layer) take
  * under the context's settings, exactly as nq_compress_bound would report them for
- * contiguous positions. */
+ * contiguous positions (an upper bound where blocks choose their bits). */
 NQ_API nq_status nq_estimate_bytes(const nq_context *ctx, uint32_t layers, uint64_t tokens, uint64_t *bytes);
 
 /* ---------------------------------------------------------------- compress */

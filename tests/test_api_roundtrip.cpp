@@ -57,7 +57,7 @@ TEST(RoundTrip, EveryDtypeAndLayout) {
             EXPECT_EQ(info.tokens_kept, T);
             EXPECT_EQ(info.fp16_sinks, 4u);
             EXPECT_EQ(info.fp16_window, 32u);
-            EXPECT_EQ(info.resident_bytes, bound);
+            EXPECT_LE(info.resident_bytes, bound);  // the bound plans the largest bit pair
             EXPECT_EQ(info.original_bytes, 2ull * H * T * D * 2);
             EXPECT_DOUBLE_EQ(info.ratio, (double)info.original_bytes / (double)info.resident_bytes);
             EXPECT_EQ(info.header_bytes + info.position_bytes + info.scale_bytes + info.code_bytes + info.fp16_bytes +
@@ -69,7 +69,7 @@ TEST(RoundTrip, EveryDtypeAndLayout) {
             const void *data = nullptr;
             size_t bytes = 0;
             ASSERT_EQ(nq_block_data(b.get(), &data, &bytes), NQ_OK);
-            EXPECT_EQ(bytes, bound);
+            EXPECT_EQ(bytes, info.resident_bytes);
             const uint64_t dg = digest_of(b.get());
             if (lay == Layout::HTD)
                 first_digest = dg;

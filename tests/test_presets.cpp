@@ -166,12 +166,12 @@ TEST(Presets, RatiosOnALongContext) {
                     info.k_bits, info.v_bits, info.tokens_kept, info.tokens_in);
         uint64_t est = 0;
         ASSERT_EQ(nq_estimate_bytes(ctx.get(), 1, T, &est), NQ_OK);
-        EXPECT_EQ(est, bytes) << nq_preset_name(w.preset);
+        EXPECT_GE(est, bytes) << nq_preset_name(w.preset);  // the bound when blocks choose their bits
     }
 }
 
-// nq_estimate_bytes equals the sum of the real blocks of every layer (overrides
-// included) for contiguous positions from 0.
+// nq_compress_bound bounds the real block of every layer (equal where the bits are
+// fixed), and nq_estimate_bytes is the sum of the bounds.
 TEST(Presets, EstimateEqualsRealBlocks) {
     const uint32_t H = 2, D = 64;
     const nq_layer_override ov[] = {{0, 1, 8, 6, 0.0f, 0}, {3, 4, 2, 2, 0.7f, 0}};
@@ -199,7 +199,12 @@ TEST(Presets, EstimateEqualsRealBlocks) {
                 ASSERT_EQ(nq_compress_bound(ctx.get(), &kv, &bound), NQ_OK);
                 Block b = compress(ctx.get(), kv);
                 ASSERT_TRUE(b);
-                EXPECT_EQ(info_of(b.get()).resident_bytes, bound) << "layer " << l << " T " << T;
+                // presets choose bits per block from the data: the bound plans the
+                // largest candidate pair; layers 0 and 3 have fixed bits (overrides)
+                if (l == 0 || l == 3)
+                    EXPECT_EQ(info_of(b.get()).resident_bytes, bound) << "layer " << l << " T " << T;
+                else
+                    EXPECT_LE(info_of(b.get()).resident_bytes, bound) << "layer " << l << " T " << T;
                 real += bound;
             }
             uint64_t est = 0;

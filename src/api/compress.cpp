@@ -7,6 +7,7 @@
 
 #include "../backend.h"
 #include "../core/hadamard.h"
+#include "../plan/bit_choice.h"
 #include "fp_env.h"
 
 namespace nq {
@@ -110,9 +111,43 @@ Plan make_plan(const nq_context *ctx, const nq_kv_desc &kv, const Positions &pos
     return p;
 }
 
+void set_bits(Plan &p, uint32_t kb, uint32_t vb) {
+    p.h.k_bits = (uint8_t)kb;
+    p.h.v_bits = (uint8_t)vb;
+    p.g = block_geometry(p.h);
+    p.h.total_bytes = p.g.total;
+}
+
+// A layer whose bits come from the data is planned, before any data is read, with the
+// largest candidate pair: nq_compress_bound and nq_estimate_bytes are upper bounds.
+void plan_bound_bits(const nq_context *ctx, Plan &p) {
+    if (!p.lp.adaptive) return;
+    uint32_t kb, vb;
+    bound_bits(p.h, p.lp.k_bits, p.lp.v_bits, ctx->bits_extra, ctx->bits_floor, &kb, &vb);
+    set_bits(p, kb, vb);
+}
+
+// The bits of a block whose layer chooses them from the data (host K/V only): the
+// last queries when the caller gives them (NQ_SCORES_QUERIES in host memory), else
+// statistics of the keys and values.
+nq_status choose_block_bits(nq_context *ctx, const nq_kv_desc &kv, const nq_score_desc *sc_in,
+                            const int64_t *positions, const uint32_t *kept, uint32_t rows, Workspace &ws, Plan &plan) {
+    nq_score_desc sc;
+    nq_score_desc_init(&sc);
+    if (sc_in) NQ_TRY(copy_sized(sc_in, &sc, "nq_score_desc"));
+    const bool queries = sc.kind == NQ_SCORES_QUERIES && sc.memory == NQ_MEMORY_HOST;
+    if (queries) NQ_TRY(validate_scores(ctx, kv, sc));
+    BitChoiceInput in{&kv, queries ? &sc : nullptr, positions, &plan.h, kept, rows,
+                      plan.lp.k_bits, plan.lp.v_bits, ctx->bits_extra, ctx->bits_target, ctx->bits_floor};
+    BitChoice bc;
+    NQ_TRY(choose_bits(ctx, in, ws, &bc));
+    set_bits(plan, bc.k_bits, bc.v_bits);
+    return NQ_OK;
+}
+
 size_t item_workspace(const nq_context *ctx, uint32_t T) {
     const size_t H = ctx->cfg.num_kv_heads;
-    return T * 8 + H * T * 4 * 2 + (size_t)T * 8 + score_scratch_bytes(T) + 16 * 64;
+    return T * 8 + H * T * 4 * 2 + (size_t)T * 8 + score_scratch_bytes(T) + bit_choice_scratch_bytes(T) + 16 * 64;
 }
 
 const int64_t *fill_positions(const nq_kv_desc &kv, Workspace &ws) {
@@ -156,6 +191,7 @@ nq_status compress_one(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_
             return fail(NQ_ERR_INTERNAL, "selection kept %u tokens, planned %u", K, plan.h.tokens_kept);
         kept = kept_w;
     }
+    if (plan.lp.adaptive) NQ_TRY(choose_block_bits(ctx, kv, sc_in, positions, kept, rows, ws, plan));
 
     nq_block *blk = nullptr;
     if (dst) {
@@ -451,6 +487,7 @@ extern "C" NQ_API nq_status nq_compress_bound(const nq_context *ctx, const nq_kv
     if (!ws.base) return fail(NQ_ERR_OUT_OF_MEMORY, "allocating %zu bytes of scratch failed", ws.cap);
     ScratchGuard g{ctx->mem, ws.base};
     Plan p = make_plan(ctx, kv, fill_positions(kv, ws));
+    plan_bound_bits(ctx, p);
     *bytes = p.g.total;
     return NQ_OK;
 }
@@ -579,7 +616,9 @@ extern "C" NQ_API nq_status nq_estimate_bytes(const nq_context *ctx, uint32_t la
         kv.num_tokens = (uint32_t)tokens;
         nq_layout_contiguous(&kv.k_layout, kv.num_tokens, ctx->cfg.head_dim);
         kv.v_layout = kv.k_layout;
-        total += make_plan(ctx, kv, Iota()).g.total;
+        Plan p = make_plan(ctx, kv, Iota());
+        plan_bound_bits(ctx, p);
+        total += p.g.total;
     }
     *bytes = total;
     return NQ_OK;

@@ -56,14 +56,17 @@ LayerParams layer_params(const nq_context *ctx, uint32_t layer) {
     const nq_config &c = ctx->cfg;
     LayerParams lp{c.k_bits, c.v_bits, c.evict_fraction, (uint32_t)c.sink_tokens, (uint32_t)c.recent_window,
                    (uint32_t)c.fp16_sinks, (uint32_t)c.fp16_window};
+    bool adaptive = ctx->adaptive_bits;
     for (uint32_t i = 0; i < c.num_overrides; ++i) {
         const nq_layer_override &o = ctx->overrides[i];
         if (layer >= o.layer_begin && layer < o.layer_end) {
             if (o.k_bits) lp.k_bits = o.k_bits;
             if (o.v_bits) lp.v_bits = o.v_bits;
+            if (o.k_bits || o.v_bits) adaptive = false;
             if (o.evict_fraction >= 0.0f) lp.evict_fraction = o.evict_fraction;
         }
     }
+    lp.adaptive = adaptive;
     return lp;
 }
 
@@ -237,6 +240,7 @@ extern "C" NQ_API nq_status nq_context_create(const nq_config *cfg, nq_context *
         NQ_TRY(gpu_device_check(c.device));
 #endif
     }
+    const BitPolicy bits = bit_policy(c);  // before resolve_config fills k_bits/v_bits
     resolve_config(c);
 
     MemoryHooks mem{c.allocator};
@@ -258,6 +262,10 @@ extern "C" NQ_API nq_status nq_context_create(const nq_config *cfg, nq_context *
     ctx->cfg = c;
     ctx->backend = c.backend == NQ_BACKEND_AUTO ? NQ_BACKEND_CPU : c.backend;
     ctx->gpu = nullptr;
+    ctx->adaptive_bits = bits.adaptive;
+    ctx->bits_extra = bits.extra;
+    ctx->bits_target = bits.target;
+    ctx->bits_floor = bits.floor;
     ctx->isa = cpu_isa_resolve(c.cpu_isa, std::getenv("NQ_CPU_ISA"));
     ctx->pool = nullptr;
     if (nq_status st = thread_pool_create(mem, c.num_threads, &ctx->pool); st != NQ_OK) {

@@ -16,6 +16,7 @@ struct LayerParams {
     uint32_t k_bits, v_bits;
     float evict_fraction;
     uint32_t sink_tokens, recent_window, fp16_sinks, fp16_window;
+    bool adaptive = false;  // bits chosen per block from the data (src/plan/bit_choice.h)
 };
 
 struct MemoryHooks {
@@ -37,6 +38,13 @@ struct nq_context {
     nq_cpu_isa isa;                   // the CPU backend's instruction set (after caps)
     nq::ThreadPool *pool;             // num_threads - 1 CPU workers; NULL when num_threads <= 1
     void *gpu;                        // GPU backend state (RoPE tables), created on first use
+    // Bits from the data (src/plan/bit_choice.h): set when neither k_bits nor v_bits was
+    // given and a preset or target ratio supplies them; layers whose override sets bits
+    // keep those.
+    bool adaptive_bits;
+    uint32_t bits_extra;              // bit_range's extra
+    float bits_target;                // distortion target
+    float bits_floor;                 // ratio floor
 };
 
 struct nq_block {

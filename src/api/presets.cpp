@@ -14,6 +14,13 @@ double token_bytes(uint32_t head_dim, uint32_t kb, uint32_t vb, bool evicting) {
     return head_dim * (kb + vb) / 8.0 + 4.0 /* two bf16 scales */ + (evicting ? 4.0 : 0.0);
 }
 
+// Distortion targets of the quality presets (relative attention-output MSE over the
+// engine's last queries, src/plan/bit_choice.h).
+constexpr float kLosslessTarget = 1e-3f;
+constexpr float kHighTarget = 2e-3f;
+constexpr float kBalancedTarget = 3e-3f;
+constexpr float kMaxTarget = 6e-3f;
+
 }  // namespace
 
 PresetValues plan_for_ratio(float ratio, uint32_t head_dim) {
@@ -39,6 +46,26 @@ PresetValues plan_for_ratio(float ratio, uint32_t head_dim) {
     if (f > 0.95) f = 0.95;
     v.evict_fraction = (float)f;
     return v;
+}
+
+BitPolicy bit_policy(const nq_config &c) {
+    BitPolicy b{false, 0, 0.0f, 0.0f};
+    if (c.k_bits != 0 || c.v_bits != 0) return b;
+    if (c.target_ratio > 0.0f) return {true, 0, 0.0f, 0.0f};
+    switch (c.preset) {
+    // A distortion target (relative attention-output MSE, bit_choice.h) with a ratio
+    // floor: below the target a block saves bits; above it, it spends up to one more
+    // bit as long as the block keeps the floor (the ratios the presets promise).
+    case NQ_PRESET_LOSSLESS: return {true, 1, kLosslessTarget, 5.0f};
+    case NQ_PRESET_HIGH: return {true, 1, kHighTarget, 8.0f};
+    case NQ_PRESET_BALANCED: return {true, 1, kBalancedTarget, 12.0f};
+    case NQ_PRESET_MAX: return {true, 1, kMaxTarget, 25.0f};
+    case NQ_PRESET_S:
+    case NQ_PRESET_M:
+    case NQ_PRESET_L:
+    case NQ_PRESET_XL: return {true, 0, 0.0f, 0.0f};
+    default: return b;
+    }
 }
 
 PresetValues preset_values(nq_preset p, uint32_t head_dim) {

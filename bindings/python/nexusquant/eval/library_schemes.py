@@ -54,14 +54,14 @@ class LibraryScheme:
                        **self.settings(shape, model_name))
 
     def apply(self, cache: KVCache, *, q_heads: int, rope_theta: float, queries=None, model_name: str = ""):
-        """Returns (new KVCache, compressed bytes).
+        """Returns (new KVCache, compressed bytes, [(k_bits, v_bits) of each layer's block]).
 
         queries: optional per-layer [q_heads, W, head_dim] last queries (post-RoPE).
         model_name: matched against the model profiles when self.profile is "auto"."""
         kv_heads = cache.n_kv_heads
         head_dim = cache.keys[0][0].shape[-1]
         ctx = self.context(head_dim, kv_heads, q_heads, rope_theta, cache.n_layers, model_name)
-        keys, values, positions = [], [], []
+        keys, values, positions, bits = [], [], [], []
         total = 0
         for layer in range(cache.n_layers):
             k = np.ascontiguousarray(np.asarray(cache.keys[layer], dtype=np.float32))
@@ -71,14 +71,16 @@ class LibraryScheme:
             if self.use_queries and queries is not None:
                 q = np.ascontiguousarray(queries[layer], dtype=np.float32)
             blk = ctx.compress(k, v, layer=layer, positions=pos, queries=q, pool_kernel=self.pool_kernel)
-            total += blk.nbytes
+            info = blk.info()
+            total += info["resident_bytes"]
+            bits.append((info["k_bits"], info["v_bits"]))
             kd, vd = ctx.decode(blk, dtype="float32")
             keys.append(kd)
             values.append(vd)
             positions.append(np.stack([blk.positions(h) for h in range(kv_heads)]))
             blk.free()
         out = KVCache(keys, values, positions, cache.next_pos)
-        return out, total
+        return out, total, bits
 
 
 def library_schemes() -> dict:

@@ -34,12 +34,14 @@ class SchemeContext:
     rope: Optional[Callable] = None        # rope(x, positions, inverse=False)
     queries: Optional[List[np.ndarray]] = None  # per layer [q_heads, W, d]
     model_name: str = ""                   # matched against model profiles (profiles.py)
+    use_profiles: bool = True              # False: presets exactly as the C library has them
 
 
 @dataclass
 class SchemeResult:
     cache: KVCache
     nbytes: int
+    layer_bits: Optional[List[Tuple[int, int]]] = None  # (k_bits, v_bits) each layer's block chose
 
 
 class Scheme:
@@ -91,10 +93,13 @@ class LibraryAdapter(Scheme):
 
     def apply(self, cache, ctx):
         cfg = ctx.config
-        out = self.lib_scheme.apply(cache, q_heads=cfg.n_heads, rope_theta=cfg.rope_theta,
-                                    queries=ctx.queries, model_name=ctx.model_name)
-        new_cache, nbytes = out[0], out[1]
-        return SchemeResult(new_cache, int(nbytes))
+        scheme = self.lib_scheme
+        if not ctx.use_profiles and scheme.profile is not None:
+            from dataclasses import replace
+            scheme = replace(scheme, profile=None)
+        out = scheme.apply(cache, q_heads=cfg.n_heads, rope_theta=cfg.rope_theta,
+                           queries=ctx.queries, model_name=ctx.model_name)
+        return SchemeResult(out[0], int(out[1]), out[2] if len(out) > 2 else None)
 
 
 _EXACT: Dict[str, Callable[[], Scheme]] = {}

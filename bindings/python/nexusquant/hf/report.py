@@ -34,6 +34,8 @@ def memory_report(cache) -> dict:
     layers_uncompressed     layers kept as transformers' own (sliding, chunked)
     tokens_seen             tokens that went through the model (padding included)
     tokens_attended         keys a compressed layer's attention gets per head (kept + window)
+    layer_bits              per compressed layer, the (K bits, V bits) of its first block
+                            (batch element 0): presets choose them per block from the data
     transfer                see `NexusQuantCache.transfer`
 
     This counts the cache and nothing else. Measuring it as the difference of
@@ -46,6 +48,7 @@ def memory_report(cache) -> dict:
     """
     comp = win = plain = dynamic = fp16 = 0
     tokens = kept = n_comp = n_plain = 0
+    layer_bits = []
     for layer in cache.layers:
         if not getattr(layer, "is_initialized", False) or layer.keys is None:
             continue
@@ -56,6 +59,10 @@ def memory_report(cache) -> dict:
             elements = b * h * (dk + dv) * seen  # a DynamicLayer keeps every token seen
             dynamic += elements * layer.keys.element_size()
             fp16 += elements * 2
+            blocks = layer.blocks(0)
+            if blocks:
+                info = blocks[0].info()
+                layer_bits.append((info["k_bits"], info["v_bits"]))
             comp += layer.compressed_bytes()
             win += layer.window_bytes()
             tokens = max(tokens, seen)
@@ -81,6 +88,7 @@ def memory_report(cache) -> dict:
         "layers_uncompressed": n_plain,
         "tokens_seen": tokens,
         "tokens_attended": kept,
+        "layer_bits": layer_bits,
         "quality": cache.quality,
         "transfer": cache.transfer,
     }

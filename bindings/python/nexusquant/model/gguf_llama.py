@@ -14,11 +14,15 @@ choices give the same logits -- q.k is invariant under applying one
 permutation to both q and k -- which tests/test_model.py checks numerically.
 The permutation only reorders output rows, so un-permuting dequantised Q4_1
 rows is exact.
+
+Qwen2 (architecture ``qwen2``) is the same network with biases on the q/k/v
+projections; llama.cpp runs it with split-half ("neox") RoPE, so its converter
+does not permute q/k rows and there is nothing to undo.
 """
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -38,6 +42,11 @@ class LlamaConfig:
     # "split_half" (HF rotate_half, pairs i and i+d/2) or "interleaved"
     # (pairs 2i and 2i+1, llama.cpp's normal mode on unconverted GGUF rows).
     rope_pairing: str = "split_half"
+    arch: str = "llama"
+
+
+# Architectures the loader reads: llama, and qwen2 (llama with q/k/v biases).
+ARCHITECTURES = ("llama", "qwen2")
 
 
 @dataclass
@@ -52,6 +61,9 @@ class LayerWeights:
     w_gate: np.ndarray
     w_up: np.ndarray
     w_down: np.ndarray
+    bq: Optional[np.ndarray] = None   # q/k/v projection biases (qwen2); None: no bias
+    bk: Optional[np.ndarray] = None
+    bv: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -95,9 +107,9 @@ def _tensor_f32(t) -> np.ndarray:
 
 def read_config(reader) -> LlamaConfig:
     arch = _field(reader, "general.architecture")
-    if arch != "llama":
-        raise ValueError(f"expected a llama GGUF, got architecture {arch!r}")
-    p = "llama."
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"expected a GGUF of architecture {' or '.join(ARCHITECTURES)}, got {arch!r}")
+    p = arch + "."
     hidden = int(_field(reader, p + "embedding_length"))
     n_heads = int(_field(reader, p + "attention.head_count"))
     head_dim = int(_field(reader, p + "rope.dimension_count", hidden // n_heads))
@@ -115,6 +127,7 @@ def read_config(reader) -> LlamaConfig:
         rope_theta=float(_field(reader, p + "rope.freq_base", 10000.0)),
         rms_eps=float(_field(reader, p + "attention.layer_norm_rms_epsilon", 1e-5)),
         context_length=int(_field(reader, p + "context_length", 2048)),
+        arch=arch,
     )
 
 
@@ -134,17 +147,23 @@ def load_gguf(path_or_reader, rope_pairing: str = "split_half") -> LlamaWeights:
     if not hasattr(reader, "tensors"):
         reader = open_gguf(path_or_reader)
     cfg = read_config(reader)
+    if cfg.arch == "qwen2" and rope_pairing != "split_half":
+        raise ValueError("qwen2 GGUF rows are already in split-half order")
     cfg.rope_pairing = rope_pairing
     tensors = {t.name: t for t in reader.tensors}
 
     def get(name):
         return _tensor_f32(tensors[name])
 
+    def opt(name):
+        return get(name) if name in tensors else None
+
     layers = []
     for i in range(cfg.n_layers):
         b = f"blk.{i}."
         wq, wk = get(b + "attn_q.weight"), get(b + "attn_k.weight")
-        if rope_pairing == "split_half":
+        # llama rows are permuted for interleaved RoPE; qwen2 rows are not (neox RoPE)
+        if rope_pairing == "split_half" and cfg.arch == "llama":
             wq = unpermute_qk(wq, cfg.n_heads)
             wk = unpermute_qk(wk, cfg.n_kv_heads)
         layers.append(LayerWeights(
@@ -154,6 +173,7 @@ def load_gguf(path_or_reader, rope_pairing: str = "split_half") -> LlamaWeights:
             ffn_norm=get(b + "ffn_norm.weight"),
             w_gate=get(b + "ffn_gate.weight"), w_up=get(b + "ffn_up.weight"),
             w_down=get(b + "ffn_down.weight"),
+            bq=opt(b + "attn_q.bias"), bk=opt(b + "attn_k.bias"), bv=opt(b + "attn_v.bias"),
         ))
     tok = get("token_embd.weight")
     head = get("output.weight") if "output.weight" in tensors else tok

@@ -57,6 +57,13 @@ class _Layer:
     def __init__(self, lw):
         self.attn_norm, self.ffn_norm = lw.attn_norm, lw.ffn_norm
         self.wqkv = np.ascontiguousarray(np.concatenate([lw.wq, lw.wk, lw.wv]).T)
+        # q/k/v biases (qwen2), fused like the weights; None for bias-free models
+        biases = (lw.bq, lw.bk, lw.bv)
+        self.bqkv = None
+        if any(b is not None for b in biases):
+            sizes = (lw.wq.shape[0], lw.wk.shape[0], lw.wv.shape[0])
+            self.bqkv = np.concatenate([np.zeros(n, np.float32) if b is None else b
+                                        for b, n in zip(biases, sizes)]).astype(np.float32)
         self.wo = np.ascontiguousarray(lw.wo.T)
         self.wgu = np.ascontiguousarray(np.concatenate([lw.w_gate, lw.w_up]).T)
         self.wd = np.ascontiguousarray(lw.w_down.T)
@@ -106,6 +113,8 @@ class NumpyLlama:
         c = self.cfg
         T, d = x.shape[0], c.head_dim
         qkv = rms_norm(x, lw.attn_norm, c.rms_eps) @ lw.wqkv
+        if lw.bqkv is not None:
+            qkv += lw.bqkv
         nq, nk = c.n_heads * d, c.n_kv_heads * d
         q = qkv[:, :nq].reshape(T, c.n_heads, d).transpose(1, 0, 2)
         k = qkv[:, nq:nq + nk].reshape(T, c.n_kv_heads, d).transpose(1, 0, 2)

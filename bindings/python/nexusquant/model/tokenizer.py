@@ -1,7 +1,8 @@
 """Byte-level BPE tokenizer (GPT-2 style) built from a GGUF's vocab and merges.
 
 Pure python so that the runtime needs nothing beyond numpy + gguf. It mirrors
-the HF "fast" tokenizer of SmolLM2 (StarCoder-style pre-tokenizer):
+the HF "fast" tokenizers of SmolLM2 (StarCoder-style pre-tokenizer, below) and
+of Qwen2 (GGUF pre "qwen2": its own split regex, ``_qwen2_regex``):
 
 1. control tokens (``<|im_start|>`` ...) written in the text are matched
    literally and map to their ids, as HF does for special tokens;
@@ -63,12 +64,29 @@ def _class_ranges(prefix: str) -> str:
 
 
 @lru_cache(maxsize=1)
+def _classes():
+    return _class_ranges("L"), _class_ranges("N")
+
+
+@lru_cache(maxsize=1)
 def _regexes():
-    L, N = _class_ranges("L"), _class_ranges("N")
+    L, N = _classes()
     gpt2 = re.compile(
         rf"'s|'t|'re|'ve|'m|'ll|'d| ?[{L}]+| ?[{N}]+| ?[^\s{L}{N}]+|\s+(?!\S)|\s+")
     digit = re.compile(rf"([{N}])")
     return gpt2, digit
+
+
+@lru_cache(maxsize=1)
+def _qwen2_regex():
+    """Qwen2's pre-tokenizer (llama.cpp pre type "qwen2"): case-insensitive
+    contractions, a letter run with at most one leading non-letter/non-digit
+    (not a newline), single digits, punctuation runs with their trailing
+    newlines, newline runs, then whitespace."""
+    L, N = _classes()
+    return re.compile(
+        rf"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n{L}{N}]?[{L}]+|[{N}]| ?[^\s{L}{N}]+[\r\n]*"
+        rf"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 class BPETokenizer:
@@ -147,6 +165,10 @@ class BPETokenizer:
         return ids
 
     def _encode_ordinary(self, text: str, out: List[int]) -> None:
+        if self.pre == "qwen2":
+            for m in _qwen2_regex().findall(text):
+                out.extend(self._bpe(m))
+            return
         gpt2, digit = _regexes()
         pieces = digit.split(text) if self.pre in _DIGIT_SPLIT_PRES else [text]
         for chunk in pieces:
