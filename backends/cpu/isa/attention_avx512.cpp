@@ -19,8 +19,8 @@
 
 namespace nq {
 namespace {
-using vf = float __attribute__((vector_size(64)));
-using vu = uint32_t __attribute__((vector_size(64)));
+using vf = float __attribute__((vector_size(64), aligned(4)));
+using vu = uint32_t __attribute__((vector_size(64), aligned(4)));
 
 inline vf vload_h16(const uint16_t *p) {
     return (vf)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
