@@ -16,8 +16,8 @@
 
 namespace nq {
 namespace {
-using vf = float __attribute__((vector_size(64)));
-using vu = uint32_t __attribute__((vector_size(64)));
+using vf = float __attribute__((vector_size(64), aligned(4)));
+using vu = uint32_t __attribute__((vector_size(64), aligned(4)));
 
 inline vf vload_h16(const uint16_t *p) {
     const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
