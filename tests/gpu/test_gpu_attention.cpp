@@ -36,6 +36,7 @@ struct AttnCase {
     float softcap = 0.0f;
     int64_t out_pad = 0;     // extra elements between query heads of the output
     bool graph = false;      // second run: the call captured into a CUDA graph and replayed
+    bool public_api = false; // through nq_attention_decode (validation, splits, dispatch) instead
 };
 
 double bound_for(nq_dtype t) { return t == NQ_DTYPE_F32 ? 2e-5 : (t == NQ_DTYPE_BF16 ? 1.2e-2 : 2e-3); }
@@ -236,8 +237,36 @@ Result run_attention(const AttnCase &S, uint32_t seed, const std::string &what) 
             continue;
         }
 #endif
-        EXPECT_EQ(nq::gpu_attention(ctx, call, ws_bytes ? ws.p : nullptr, nullptr), NQ_OK) << what << ": "
-                                                                                           << nq_last_error();
+        if (S.public_api) {
+            // The same batch through the public entry point: its workspace query, its
+            // own split choice, and scratch from the allocator on the second run.
+            nq_attention_desc ad;
+            nq_attention_desc_init(&ad);
+            ad.memory = NQ_MEMORY_CUDA;
+            ad.num_seqs = N;
+            ad.q_tokens = Q;
+            ad.dtype = S.dtype;
+            ad.block_images = call.block_images;
+            ad.block_indptr = call.block_indptr;
+            ad.q = call.q;
+            ad.out = call.out;
+            ad.out_stride_head = o_head;
+            ad.out_stride_token = o_tok;
+            ad.out_stride_seq = o_seq;
+            ad.lse = call.lse;
+            ad.q_positions = call.q_positions;
+            ad.softcap = S.softcap;
+            ad.window = S.window;
+            size_t need = 0;
+            EXPECT_EQ(nq_attention_workspace_size(ctx, &ad, &need), NQ_OK) << nq_last_error();
+            DevBuf aws(need);
+            const bool own = rep == 0 && need > 0;
+            EXPECT_EQ(nq_attention_decode(ctx, &ad, own ? aws.p : nullptr, own ? need : 0, nullptr), NQ_OK)
+                << what << ": " << nq_last_error();
+        } else {
+            EXPECT_EQ(nq::gpu_attention(ctx, call, ws_bytes ? ws.p : nullptr, nullptr), NQ_OK) << what << ": "
+                                                                                               << nq_last_error();
+        }
         EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     }
     EXPECT_EQ(cudaMemcpy(out.data(), dout.p, out.size(), cudaMemcpyDeviceToHost), cudaSuccess);
@@ -337,6 +366,19 @@ TEST(GpuAttention, RaggedBatchRopeModesAndSplits) {
             check(S, 100 + (uint32_t)rope * 10 + splits,
                   "rope " + std::to_string((int)rope) + ", splits " + std::to_string(splits));
         }
+}
+
+TEST(GpuAttention, PublicApiDeviceTables) {
+    NQT_REQUIRE_DEVICE();
+    for (nq_rope_mode rope : {NQ_ROPE_KEEP, NQ_ROPE_REMOVE}) {
+        AttnCase S;
+        S.D = 128;
+        S.rope = rope;
+        S.seqs = kRagged;
+        S.masks = true;
+        S.public_api = true;
+        check(S, 900 + (uint32_t)rope, "public API, rope " + std::to_string((int)rope));
+    }
 }
 
 TEST(GpuAttention, GqaHeadDimsDtypesQueryTokens) {
