@@ -137,7 +137,7 @@ int main(void) {
     if (back) {
         CHECK(nq_block_digest(blk, &d0) == NQ_OK && nq_block_digest(back, &d1) == NQ_OK && d0 == d1);
         contiguous_desc(&out, k_again, v_again, T, D);
-        CHECK(nq_decode(ctx, back, 0, T, &out, NULL) == NQ_OK);
+        CHECK(nq_decode_block(ctx, back, 0, T, &out, NULL) == NQ_OK); /* nq_decode's primary name */
         CHECK(memcmp(k_again, k_out, n * sizeof(float)) == 0);
         CHECK(memcmp(v_again, v_out, n * sizeof(float)) == 0);
     }
