@@ -144,3 +144,26 @@ TEST(BitChoice, TargetRatioMovesOnlyTheSplit) {
 }
 
 }  // namespace
+
+namespace {
+using namespace nqt;
+
+TEST(BitChoice, QueriesThatSeeNothingKeepTheNominalBits) {
+    Case c(0.6);
+    nq_kv_desc kv = c.kv();
+    Ctx ctx = make_ctx(config(NQ_PRESET_LOSSLESS));
+    std::vector<int64_t> before(c.W, -1);  // every query precedes every key
+    c.sd.query_positions = before.data();
+    Block b = compress(ctx.get(), kv, &c.sd);
+    ASSERT_TRUE(b);
+    EXPECT_EQ(info_of(b.get()).k_bits, 3u);
+    EXPECT_EQ(info_of(b.get()).v_bits, 2u);
+    // queries that do not fit their description: rejected (validated before use)
+    c.sd.query_positions = nullptr;
+    c.sd.num_queries = kv.num_tokens + 1;
+    nq_block *raw = nullptr;
+    EXPECT_EQ(nq_compress_kv(ctx.get(), &kv, &c.sd, nullptr, &raw), NQ_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(raw, nullptr);
+}
+
+}  // namespace
