@@ -43,9 +43,8 @@ struct BitRange {
     uint32_t sum_max;  // k + v never exceeds this (the bound)
 };
 
-// Candidate pairs above nominal (kb0, vb0): keys up to two bits more, values one, at
-// most kb0 + vb0 + extra bits in all (extra 1 for quality presets; 0 for a byte
-// budget, which therefore keeps the nominal pair).
+// Candidate pairs at or above nominal (kb0, vb0): keys up to two bits more, values
+// one, at most kb0 + vb0 + extra bits in all (extra: 1 for the quality presets).
 BitRange bit_range(uint32_t kb0, uint32_t vb0, uint32_t extra);
 
 // Whether the block of header h, at (kb, vb), keeps its ratio (fp16 bytes of the input
