@@ -232,11 +232,11 @@ typedef enum nq_cpu_isa NQ_ENUM_BASE {
  * Bits from the data: when neither k_bits nor v_bits is set (and for layers whose
  * override sets no bits), a preset's K/V bits are nominal. Compressing host K/V with
  * NQ_SCORES_QUERIES in host memory, each block chooses its own pair from the error
- * quantisation causes in those queries' attention outputs: LOSSLESS..MAX as a
- * distortion target (each side one bit down or up, at most one bit more than nominal
- * in all), a target ratio and S/M/L/XL as a byte budget (only the K/V split moves).
- * Without host queries, and on the GPU path, blocks keep the nominal bits. The block
- * records its bits (nq_block_info.k_bits / v_bits). */
+ * quantisation causes in those queries' attention outputs: LOSSLESS..MAX are a
+ * distortion target with a ratio floor (5x, 8x, 12x, 25x): a block may spend one bit
+ * more than nominal (on K or V) where the floor allows it, never fewer. A target ratio
+ * and S/M/L/XL keep their planned bits. Without host queries, and on the GPU path,
+ * blocks keep the nominal bits. The block records its bits (nq_block_info). */
 typedef enum nq_preset NQ_ENUM_BASE {
     NQ_PRESET_CUSTOM = 0,
     NQ_PRESET_LOSSLESS = 1,

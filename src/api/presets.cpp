@@ -51,7 +51,9 @@ PresetValues plan_for_ratio(float ratio, uint32_t head_dim) {
 BitPolicy bit_policy(const nq_config &c) {
     BitPolicy b{false, 0, 0.0f, 0.0f};
     if (c.k_bits != 0 || c.v_bits != 0) return b;
-    if (c.target_ratio > 0.0f) return {true, 0, 0.0f, 0.0f};
+    // A target ratio (and S/M/L/XL, planned from one) is a byte budget its planned pair
+    // already spends: the choice never goes below nominal, so nothing is left to choose.
+    if (c.target_ratio > 0.0f) return b;
     switch (c.preset) {
     // A distortion target (relative attention-output MSE, bit_choice.h) with a ratio
     // floor: below the target a block saves bits; above it, it spends up to one more
@@ -60,10 +62,6 @@ BitPolicy bit_policy(const nq_config &c) {
     case NQ_PRESET_HIGH: return {true, 1, kHighTarget, 8.0f};
     case NQ_PRESET_BALANCED: return {true, 1, kBalancedTarget, 12.0f};
     case NQ_PRESET_MAX: return {true, 1, kMaxTarget, 25.0f};
-    case NQ_PRESET_S:
-    case NQ_PRESET_M:
-    case NQ_PRESET_L:
-    case NQ_PRESET_XL: return {true, 0, 0.0f, 0.0f};
     default: return b;
     }
 }

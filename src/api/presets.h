@@ -20,10 +20,9 @@ PresetValues preset_values(nq_preset p, uint32_t head_dim);
 PresetValues plan_for_ratio(float ratio, uint32_t head_dim);
 
 // Whether (and how) blocks choose their bits from their data (src/plan/bit_choice.h):
-// only when the caller set neither k_bits nor v_bits. A quality preset is a distortion
-// target with one extra bit of room above its nominal pair; a target ratio (and
-// S/M/L/XL, planned from one) is a byte budget: only the K/V split moves. CUSTOM keeps
-// its bits.
+// only when the caller set neither k_bits nor v_bits. A quality preset (LOSSLESS..MAX)
+// is a distortion target with one bit of room above its nominal pair, within its ratio
+// floor. A target ratio, S/M/L/XL and CUSTOM keep their planned bits.
 struct BitPolicy {
     bool adaptive;
     uint32_t extra;

@@ -17,7 +17,9 @@
 // sum_t p_t e_t (v_t - o) to first order:
 //     A_K = sum_q sum_t p_t^2 |q|^2 |k_t|^2 / D^2 * |v_t - o|^2 / sum_q |o|^2
 //     A_V = sum_q sum_t p_t^2 |v_t|^2                        / sum_q |o|^2
-// over quantised tokens only (fp16 sinks and window have no error). Among the
+// over quantised tokens only (fp16 sinks and window have no error). The model assumes
+// independent errors across tokens, which real caches violate (common components are
+// quantised alike), so it is only trusted to spend bits, never to save them. Among the
 // candidates whose block keeps the preset's ratio floor, the cheapest pair with
 // D <= target wins (ties: lower D, then more key bits); when none reaches the target,
 // the pair of least D among the most expensive ones.
@@ -41,10 +43,8 @@ struct BitRange {
     uint32_t sum_max;  // k + v never exceeds this (the bound)
 };
 
-// Candidate pairs around nominal (kb0, vb0): each side one bit down or up (keys up to
-// two: softmax amplifies their error, and some models need it), at most
-// kb0 + vb0 + extra bits in all (extra 1 for quality presets; 0 for a byte budget,
-// where only the split between K and V moves).
+// Candidate pairs at or above nominal (kb0, vb0): keys up to two bits more, values
+// one, at most kb0 + vb0 + extra bits in all (extra: 1 for the quality presets).
 BitRange bit_range(uint32_t kb0, uint32_t vb0, uint32_t extra);
 
 // Whether the block of header h, at (kb, vb), keeps its ratio (fp16 bytes of the input

@@ -237,7 +237,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     FUZZ_CHECK(bst == NQ_OK);
     const BlockSummary s = describe(b);
-    FUZZ_CHECK(s.info.resident_bytes == bound);
+    FUZZ_CHECK(s.info.resident_bytes <= bound);  // presets plan the largest bit pair they may choose
 
     // The same logical tensors, contiguous, give the same block.
     std::vector<uint8_t> ck = gather(kv.k, kv.k_layout, eb, H, T, D), cv = gather(kv.v, kv.v_layout, eb, H, T, D);

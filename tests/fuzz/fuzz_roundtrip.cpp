@@ -137,7 +137,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     const BlockSummary s = describe(b);
     const nq_block_info &info = s.info;
-    FUZZ_CHECK(info.resident_bytes == bound);
+    FUZZ_CHECK(info.resident_bytes <= bound);  // presets plan the largest bit pair they may choose
     FUZZ_CHECK(info.tokens_in == tokens && info.num_heads == cfg.num_kv_heads && info.head_dim == cfg.head_dim);
     FUZZ_CHECK(info.original_bytes == 4ull * tokens * cfg.num_kv_heads * cfg.head_dim);
 

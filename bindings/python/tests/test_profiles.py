@@ -79,7 +79,7 @@ def test_eval_scheme_applies_profile_only_to_its_model():
     schemes = library_schemes()
     out = {}
     for name, model_name in (("lossless", GGUF_NAME), ("lossless-generic", GGUF_NAME), ("lossless", "other")):
-        new, nbytes = schemes[name].apply(cache, q_heads=9, rope_theta=1e5, model_name=model_name)
+        new, nbytes, _ = schemes[name].apply(cache, q_heads=9, rope_theta=1e5, model_name=model_name)
         err = [float(np.mean((new.keys[i] - cache.keys[i]) ** 2)) for i in range(30)]
         out[(name, model_name)] = (nbytes, err)
     prof, generic, other = out[("lossless", GGUF_NAME)], out[("lossless-generic", GGUF_NAME)], out[("lossless", "other")]
