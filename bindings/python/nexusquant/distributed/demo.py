@@ -62,10 +62,10 @@ def _attend_blocks(ctx, q, block, torch_dev, kbuf, vbuf, times):
     if hasattr(Context, "attend") and not times.get("attend_error"):
         try:
             t = time.perf_counter()
-            out = ctx.attend(q.cpu().numpy(), [block])
+            out, _lse = ctx.attend([block], q.float().cpu().numpy())
             times["attention_s"] += time.perf_counter() - t
             return torch.as_tensor(np.asarray(out), dtype=torch.float32).reshape(q.shape[0], -1).to(q.device), "attend"
-        except (TypeError, ValueError) as e:  # a binding whose attend takes other arguments
+        except (TypeError, ValueError) as e:  # q's shape does not fit the context: decode instead
             times["attend_error"] = f"{type(e).__name__}: {e}"
     t = time.perf_counter()
     k = v = None
