@@ -324,6 +324,31 @@ c_structs! {
         pub fp16_bytes: u64,
         pub padding_bytes: u64,
     }
+    pub struct nq_attention_desc {
+        pub size: usize,
+        pub memory: nq_memory,
+        pub device: i32,
+        pub num_seqs: u32,
+        pub q_tokens: u32,
+        pub dtype: nq_dtype,
+        pub reserved0: u32,
+        pub block_images: *const *const c_void,
+        pub block_indptr: *const u32,
+        pub q: *const c_void,
+        pub q_stride_seq: i64,
+        pub q_stride_token: i64,
+        pub q_stride_head: i64,
+        pub out: *mut c_void,
+        pub out_stride_seq: i64,
+        pub out_stride_token: i64,
+        pub out_stride_head: i64,
+        pub lse: *mut f32,
+        pub q_positions: *const i64,
+        pub scale: f32,
+        pub softcap: f32,
+        pub window: u32,
+        pub num_splits: u32,
+    }
 }
 
 c_functions! {
@@ -444,6 +469,27 @@ c_functions! {
         dst: *mut i64,
     ) -> nq_status;
     pub fn nq_sequence_free(seq: *mut nq_sequence);
+    pub fn nq_attention_desc_init(desc: *mut nq_attention_desc);
+    pub fn nq_attention_workspace_size(
+        ctx: *const nq_context,
+        desc: *const nq_attention_desc,
+        bytes: *mut usize,
+    ) -> nq_status;
+    pub fn nq_attention_decode(
+        ctx: *mut nq_context,
+        desc: *const nq_attention_desc,
+        workspace: *mut c_void,
+        workspace_bytes: usize,
+        stream: *mut c_void,
+    ) -> nq_status;
+    pub fn nq_attention_merge(
+        out: *mut f32,
+        lse: *mut f32,
+        out_b: *const f32,
+        lse_b: *const f32,
+        rows: usize,
+        dim: u32,
+    ) -> nq_status;
     pub fn nq_abi_sizeof(type_name: *const c_char) -> usize;
     pub fn nq_abi_offsetof(type_name: *const c_char, field_name: *const c_char) -> usize;
 }
