@@ -1,8 +1,9 @@
 """One transformers decode step on the CPU after a long prompt: NexusQuantCache under
 nexusquant_evict (attention over the compressed blocks, `attention="attend"`, and the
 path that decodes them, `attention="decode"`) against transformers' DynamicCache, on a
-random-weight Llama small enough for a CPU (defaults: 4 layers, hidden 2048, 16 query
-heads, 8 KV heads of 128, float32, sdpa). Random weights: the tokens mean nothing; the
+random-weight Llama small enough for a CPU with Llama-3-8B's attention heads (defaults:
+4 layers, 16 query heads and 8 KV heads of 128, hidden 1024, MLP 2816, vocabulary 8192,
+float32, sdpa). Random weights: the tokens mean nothing; the
 time of a step is what is measured.
 
 Each cache gets the same prompt (one prefill each, not timed), then the caches take
@@ -33,12 +34,12 @@ from nexusquant.hf import nexusquant_evict, rope_spec_from_config
 def parse():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--intermediate", type=int, default=4096)
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--intermediate", type=int, default=2816)
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--kv-heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--prompt", type=int, default=4096)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])

@@ -35,11 +35,14 @@ def tail_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     to these keys, or None (causal, aligned at the last key). Returns out [b, t, hq, d]
     and lse [b, t, hq] (-inf where no key is visible)."""
     b, hq, t, d = query.shape
-    hk, n = key.shape[1], key.shape[2]
+    hk, n, dv = key.shape[1], key.shape[2], value.shape[-1]
     g = hq // hk
-    k = key.float()[:, :, None].expand(b, hk, g, n, d).reshape(b, hq, n, d)
-    v = value.float()[:, :, None].expand(b, hk, g, n, value.shape[-1]).reshape(b, hq, n, value.shape[-1])
-    logits = torch.matmul(query.float(), k.transpose(-1, -2)) * scale  # [b, hq, t, n]
+    # 3D batched products, one per (element, KV head) with its g query heads x t tokens
+    # as rows (torch's 4D matmul over a transposed operand is far slower for these sizes)
+    q = query.float().reshape(b, hk, g * t, d).reshape(b * hk, g * t, d)
+    k = key.float().reshape(b * hk, n, d)
+    v = value.float().reshape(b * hk, n, dv)
+    logits = torch.bmm(q, k.transpose(1, 2)).view(b, hk, g, t, n) * scale
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     if mask is None:
@@ -47,18 +50,20 @@ def tail_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         future = torch.arange(n, device=query.device)[None, :] > torch.arange(n - t, n, device=query.device)[:, None]
         logits = logits.masked_fill(future, float("-inf"))
     else:
-        if mask.ndim != 4 or mask.shape[-1] < n or mask.shape[-2] != t:
+        if mask.ndim != 4 or mask.shape[-1] < n or mask.shape[-2] != t or mask.shape[1] not in (1, hq):
             raise attach_error(f"the attention mask of a decode step has shape {tuple(mask.shape)}, expected "
-                               f"[batch, 1 or heads, {t}, >= {n}]")
+                               f"[batch, 1 or {hq}, {t}, >= {n}]")
         m = mask[..., -n:]
+        m = m[:, :, None] if m.shape[1] == 1 else m.reshape(m.shape[0], hk, g, t, n)
         if m.dtype == torch.bool:
             logits = logits.masked_fill(~m, float("-inf"))
         else:
             logits = logits + m.float()
-    lse = torch.logsumexp(logits, dim=-1)  # [b, hq, t]
+    lse = torch.logsumexp(logits, dim=-1)  # [b, hk, g, t]
     p = torch.exp(logits - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))[..., None])
-    out = torch.matmul(p, v)  # rows with no visible key: zeros
-    return out.transpose(1, 2), lse.transpose(1, 2)
+    out = torch.bmm(p.reshape(b * hk, g * t, n), v)  # rows with no visible key: zeros
+    out = out.view(b, hq, t, dv)
+    return out.transpose(1, 2), lse.reshape(b, hq, t).transpose(1, 2)
 
 
 def merge(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2: torch.Tensor):
