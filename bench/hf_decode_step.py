@@ -10,9 +10,11 @@ Each cache gets the same prompt (one prefill each, not timed), then the caches t
 decode steps in turn, one step each per repetition, the order rotating every repetition
 so that none always runs first; every step appends one token to its cache (all caches
 grow alike). A step's time is the wall time of `model(token, cache=...)`, logits
-included. Prints one JSON object: the per-step times of every cache, their medians, and
-the median over repetitions of the per-repetition ratio DynamicCache / NexusQuantCache
-(> 1: the compressed cache's step is faster).
+included, and the process CPU time it took (all threads; on a loaded machine the wall
+time also counts waiting for a core, the CPU time does not). Prints one JSON object: the
+per-step times of every cache, their medians, and the median over repetitions of the
+per-repetition ratio DynamicCache / NexusQuantCache (> 1: the compressed cache's step
+is faster), for wall and CPU time.
 
     cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j --target nexusquant
     NEXUSQUANT_LIBRARY=$PWD/build/libnexusquant.so PYTHONPATH=bindings/python \\
@@ -87,15 +89,16 @@ def main():
         token = torch.tensor([[5]])
 
         def step(name):
+            """(wall s, process CPU s) of one decode step."""
             mgr = runs[name]
             if mgr is None:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 model(token, cache=caches[name], use_cache=True)
-                return time.perf_counter() - t
+                return time.perf_counter() - t, time.process_time() - c
             with mgr:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 model(token, cache=caches[name], use_cache=True)
-                return time.perf_counter() - t
+                return time.perf_counter() - t, time.process_time() - c
 
         names = list(runs)
         for _ in range(a.warmup):
@@ -107,10 +110,15 @@ def main():
             for n in order:
                 times[n].append(step(n))
 
-    ms = {n: [round(t * 1e3, 3) for t in ts] for n, ts in times.items()}
-    med = {n: statistics.median(v) for n, v in ms.items()}
-    ratio = {f"dynamic_over_{n}": round(statistics.median(d / x for d, x in zip(ms["dynamic"], ms[n])), 3)
-             for n in names if n != "dynamic"}
+    def summary(which):
+        ms = {n: [round(t[which] * 1e3, 3) for t in ts] for n, ts in times.items()}
+        med = {n: round(statistics.median(v), 3) for n, v in ms.items()}
+        ratio = {f"dynamic_over_{n}": round(statistics.median(d / x for d, x in zip(ms["dynamic"], ms[n])), 3)
+                 for n in names if n != "dynamic"}
+        return ms, med, ratio
+
+    ms, med, ratio = summary(0)
+    cpu_ms, cpu_med, cpu_ratio = summary(1)
     nq = caches["nq_attend"]
     rep = nq.memory_report()
     out = {
@@ -119,11 +127,11 @@ def main():
         "threads": torch.get_num_threads(), "repeats": a.repeats,
         "torch": torch.__version__, "transformers": transformers.__version__, "nexusquant": version(),
         "prefill_s": {n: round(v, 2) for n, v in prefill_s.items()},
-        "step_ms_median": med, "ratio_median": ratio,
+        "step_ms_median": med, "ratio_median": ratio, "step_cpu_ms_median": cpu_med, "cpu_ratio_median": cpu_ratio,
         "attend_calls": nq.attend_calls, "decode_calls": nq.decode_calls,
         "nq_decode_calls": caches["nq_decode"].decode_calls if "nq_decode" in caches else None,
         "tokens_attended": rep["tokens_attended"], "cache_ratio_vs_dynamic": round(rep["ratio_vs_dynamic"], 2),
-        "step_ms": ms,
+        "step_ms": ms, "step_cpu_ms": cpu_ms,
     }
     text = json.dumps(out)
     print(text)
