@@ -139,7 +139,9 @@ class NexusQuantCache(Cache):
         memory; scoring, eviction, compress and decode run on torch's current stream) or
         "host-staging" (the library has no CUDA backend, or transfer="host-staging" was
         asked for: CUDA tensors are copied to host memory, compressed and decoded by the
-        CPU backend, and the decoded tensors copied back; the blocks live in host memory)."""
+        CPU backend, and the decoded tensors copied back; the blocks live in host memory;
+        a decode step that attends over the blocks copies its queries to host memory,
+        attends on the CPU backend and copies the outputs back)."""
         dev = next((l.device for l in self.layers if getattr(l, "is_initialized", False)
                     and getattr(l, "device", None) is not None), None)
         if dev is None or dev.type == "cpu":
