@@ -9,7 +9,8 @@ cached forward calls. Tested with transformers >=5.24,<5.26 (``nexusquant[hf]``)
 
 The package's parts: `config` (shape, RoPE and layer types read off a model config),
 `cache` (NexusQuantCache) and `layer` (one compressed layer), `scores` (eviction scores
-from the prefill's queries, and the attention tap that collects them), `report`
+from the prefill's queries, and the attention tap that collects them), `attention`
+(decode steps attended over the blocks and merged with the window), `report`
 (memory_report), `attach` (nexusquant_evict: patching a model for the block),
 `compat` (what is needed from transformers; AttachError), `devices` (CUDA detection,
 host copies of device blocks).
