@@ -213,3 +213,20 @@ def test_split_attention_merges_to_the_whole(softcap):
                                                 torch.finfo(torch.float32).min)
     fo, fl = tail_attention(q, k, v, fmask, scale, softcap)
     torch.testing.assert_close(fo, whole_o, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("transfer", ["auto", "host-staging"])
+def test_cuda_attend_matches_decode(transfer):
+    """CUDA tensors: the device path when the library has a CUDA backend ("auto"), or
+    the queries staged through host memory; either way no decode of the blocks."""
+    from test_hf_models import _llama
+    torch.manual_seed(7)
+    model = _llama().eval().cuda()
+    ids = prompt(length=90, seed=20).cuda()
+    kw = dict(quality="balanced", window=8, chunk=8, transfer=transfer)
+    ref, _ = steps(model, ids, 12, attention="decode", **kw)
+    got, cache = steps(model, ids, 12, **kw)
+    assert cache.transfer in (("device", "host-staging") if transfer == "auto" else ("host-staging",))
+    assert cache.decode_calls == 0 and cache.attend_calls == 12 * len(cache.compressed_layers)
+    assert rel(got, ref) < 10 * LOGITS_TOL  # the GPU kernels sum in another order than torch's
