@@ -41,5 +41,5 @@ for v in $versions; do
   [ "$got" = "$v" ] || { echo "hf_tests.sh: asked for transformers $v, imported $got" >&2; exit 1; }
   echo "== transformers $v"
   ( cd bindings/python &&
-    PYTHONPATH="$path${PYTHONPATH:+:$PYTHONPATH}" python3 -m pytest -q -p no:cacheprovider tests/test_hf.py tests/test_hf_models.py )
+    PYTHONPATH="$path${PYTHONPATH:+:$PYTHONPATH}" python3 -m pytest -q -p no:cacheprovider tests/test_hf.py tests/test_hf_models.py tests/test_hf_attend.py )
 done

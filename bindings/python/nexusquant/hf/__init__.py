@@ -9,7 +9,8 @@ cached forward calls. Tested with transformers >=5.24,<5.26 (``nexusquant[hf]``)
 
 The package's parts: `config` (shape, RoPE and layer types read off a model config),
 `cache` (NexusQuantCache) and `layer` (one compressed layer), `scores` (eviction scores
-from the prefill's queries, and the attention tap that collects them), `report`
+from the prefill's queries, and the attention tap that collects them), `attention`
+(decode steps attended over the blocks and merged with the window), `report`
 (memory_report), `attach` (nexusquant_evict: patching a model for the block),
 `compat` (what is needed from transformers; AttachError), `devices` (CUDA detection,
 host copies of device blocks).
@@ -43,17 +44,29 @@ window of recent tokens:
   RoPE positions that continue from the original length) while `get_mask_sizes`
   describes the keys the attention really gets. The library re-applies RoPE to the
   kept keys at their original positions when it decodes them.
-* Attention is the unfused path: on every forward after the prefill, `update` decodes
-  each layer's compressed tokens into a fresh tensor of the model's dtype and
-  concatenates the full-precision window and the new tokens. That tensor is transient
-  (freed after the layer's attention) but it costs a full decode per layer per step.
+* Decode steps never decode the compressed tokens (`attention="attend"`, the
+  default): inside `nexusquant_evict`, a forward of at most 64 new tokens makes
+  `update` return only the full-precision window and the new tokens, and the attention
+  tap (`attention.attend_layer`) computes the layer's attention as two parts merged by
+  their log-sum-exps: the library's `Context.attend` over the element's blocks as they
+  are (queries with RoPE as the model applied it; the library re-applies RoPE to the
+  kept keys at their original positions, with the model's softmax scale and soft-cap,
+  GQA by head groups), and torch attention over the window and new tokens with the
+  model's mask. Sliding layers (transformers' own) go to the model's own attention.
+* The decoding path remains where the tap cannot compute the attention: steps of more
+  than 64 tokens (a second turn's prompt), forwards with autograd on, a cache used
+  outside the manager, and `attention="decode"`. There `update` decodes each layer's
+  compressed tokens into a transient tensor of the model's dtype and concatenates the
+  window and the new tokens: a full decode per layer per step. `decode_calls` and
+  `attend_calls` count the layer forwards of each kind.
 
 Devices: CPU tensors are passed to the library by pointer. CUDA tensors are passed by
 device pointer when the loaded library has a CUDA backend: the eviction scores are
 computed by torch on the GPU and handed over as device memory, the blocks live in GPU
-memory, and compress and decode run on torch's current stream. Without a CUDA backend
-each compress copies the K/V to host memory and each decode writes to host memory and
-copies the result to the device. `NexusQuantCache.transfer` says which (``"host"``, ``"device"`` or
+memory, and compress, decode and attend run on torch's current stream. Without a CUDA
+backend each compress copies the K/V to host memory, each decode writes to host memory
+and copies the result to the device, and each decode step's queries are copied to host
+memory, attended over the host blocks by the CPU backend, and the outputs copied back. `NexusQuantCache.transfer` says which (``"host"``, ``"device"`` or
 ``"host-staging"``) and `memory_report()` repeats it.
 
 Batches: every batch element is compressed into its own sequence, so each element

@@ -13,7 +13,7 @@ import torch
 from .cache import NexusQuantCache
 from .compat import attach_error, cache_argument
 from .config import _text_config
-from .scores import ACTIVE, _MISSING, install_tap, remove_tap, tappable
+from .scores import ACTIVE, TAPPED, _MISSING, install_tap, remove_tap, tappable
 
 # Set while a wrapped generate runs: its forwards leave last_report to generate.
 _IN_GENERATE: contextvars.ContextVar = contextvars.ContextVar("nexusquant_in_generate", default=False)
@@ -208,14 +208,21 @@ class nexusquant_evict:
                 else:
                     bound["attention_mask"] = ragged
             token = ACTIVE.set(cache)
+            tapped = TAPPED.set(cache if impl is not None else None)
             done = False
             try:
                 out = orig_forward(*call.args, **call.kwargs)
                 done = True
             finally:
+                TAPPED.reset(tapped)
                 ACTIVE.reset(token)
                 cache._prefill_pads = None
                 missed = cache._finish_pending()
+                unattended = cache._finish_attention()
+            if done and unattended:
+                raise attach_error(f"the attention of layers {unattended} never reached nexusquant's attention tap "
+                                   f"(attention implementation {impl!r}), so it saw only their recent tokens; the "
+                                   "output of this forward is wrong")
             if done and missed:
                 raise attach_error(f"the prefill's queries of layers {missed} never reached nexusquant's attention "
                                    f"tap (attention implementation {impl!r}), so eviction could not be scored by "

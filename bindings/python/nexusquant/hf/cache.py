@@ -16,7 +16,8 @@ from .config import _layer_plan, _model_name, _plain_layer, _text_config, model_
 from .devices import library_has_cuda
 from .layer import NexusQuantLayer
 from .report import memory_report
-from .scores import ACTIVE
+from .attention import MAX_QUERY_TOKENS, attend_layer
+from .scores import ACTIVE, TAPPED
 
 
 class NexusQuantCache(Cache):
@@ -48,6 +49,14 @@ class NexusQuantCache(Cache):
             model's shape and name (`nexusquant.profiles`: per-layer bits tuned on that
             model); a profile name to force one; None for the generic preset. Not
             applied when k_bits, v_bits, overrides, codec or target_ratio are given.
+        attention: how a forward after the prefill attends over the compressed tokens.
+            "attend" (default): inside `nexusquant_evict`, a step of at most 64 new
+            tokens per layer runs the library's attention over the blocks as they are
+            (`Context.attend`, output and log-sum-exp) and torch attention over the
+            full-precision window and new tokens, merged by log-sum-exp; the compressed
+            tokens are never decoded. Longer steps, forwards with autograd on, and a
+            cache used outside the manager (no attention tap) decode instead. "decode":
+            always decode the compressed tokens (the unfused path).
         **context_kwargs: any other `core.Context` setting (sink_tokens, recent_window,
             fp16_sinks, fp16_window, codec, evict_mode, overrides, ...).
 
@@ -59,15 +68,14 @@ class NexusQuantCache(Cache):
     layers as transformers holds them. A model whose every layer slides (Mistral-7B-v0.1's
     config) has nothing to compress, and the constructor says so.
 
-    The attention path is unfused: every forward after the prefill decodes each layer's
-    compressed tokens into a transient tensor (see the module docstring).
+    Attention after the prefill: see `attention` (and the module docstring).
     """
 
     def __init__(self, model_or_config, quality: str = "lossless", *, k_bits: Optional[int] = None,
                  v_bits: Optional[int] = None, evict: Optional[float] = None, window: int = 32, chunk: int = 32,
                  rope: Optional[RopeSpec] = None, scores: str = "queries", query_window: int = 32,
                  num_threads: Optional[int] = None, transfer: str = "auto", profile: Optional[str] = "auto",
-                 **context_kwargs):
+                 attention: str = "attend", **context_kwargs):
         check_cache_api()
         config = getattr(model_or_config, "config", model_or_config)
         text = _text_config(config)
@@ -80,6 +88,9 @@ class NexusQuantCache(Cache):
         if query_window < 1:
             raise ValueError("query_window must be >= 1")
         self.scores, self.query_window = scores, int(query_window)
+        if attention not in ("attend", "decode"):
+            raise ValueError("attention must be 'attend' or 'decode'")
+        self.attention = attention
         self.quality = quality
         model = model_or_config if hasattr(model_or_config, "config") else None
         self.rope = rope if rope is not None else rope_spec_from_config(text, model=model)
@@ -128,7 +139,9 @@ class NexusQuantCache(Cache):
         memory; scoring, eviction, compress and decode run on torch's current stream) or
         "host-staging" (the library has no CUDA backend, or transfer="host-staging" was
         asked for: CUDA tensors are copied to host memory, compressed and decoded by the
-        CPU backend, and the decoded tensors copied back; the blocks live in host memory)."""
+        CPU backend, and the decoded tensors copied back; the blocks live in host memory;
+        a decode step that attends over the blocks copies its queries to host memory,
+        attends on the CPU backend and copies the outputs back)."""
         dev = next((l.device for l in self.layers if getattr(l, "is_initialized", False)
                     and getattr(l, "device", None) is not None), None)
         if dev is None or dev.type == "cpu":
@@ -211,6 +224,43 @@ class NexusQuantCache(Cache):
         for lay in self.compressed_layers:
             lay._resolve_pending(None)
         return missed
+
+    # -- attention over the blocks (fed by nexusquant_evict's attention tap)
+
+    def _attends(self, layer: NexusQuantLayer, key_states: torch.Tensor) -> bool:
+        """Whether this step of `layer` attends over the blocks (the tap is in the
+        forward's path) instead of decoding them."""
+        return (self.attention == "attend" and TAPPED.get() is self and layer.stored > 0
+                and 0 < key_states.shape[-2] <= MAX_QUERY_TOKENS
+                and not (torch.is_grad_enabled() and key_states.requires_grad))
+
+    def _attention(self, module, query, key, value, attention_mask, kwargs):
+        """Called by the attention tap for every layer: the attention output of a
+        compressed layer whose step attends over its blocks, else None (the model's own
+        attention function runs)."""
+        layer = getattr(module, "layer_idx", None)
+        lay = self.layers[layer] if layer is not None and layer < len(self.layers) else None
+        if not isinstance(lay, NexusQuantLayer) or lay._attend_blocks is None:
+            return None
+        return attend_layer(lay, module, query, key, value, attention_mask, kwargs)
+
+    def _finish_attention(self) -> list:
+        """Layers whose step attended over the blocks but whose attention never reached
+        the tap (their attention saw only the tail: an attach failure)."""
+        missed = [lay.layer_idx for lay in self.compressed_layers if lay._attend_blocks is not None]
+        for lay in self.compressed_layers:
+            lay._attend_blocks = None
+        return missed
+
+    @property
+    def decode_calls(self) -> int:
+        """Layer forwards after the prefill that decoded the compressed tokens."""
+        return sum(l.decode_calls for l in self.compressed_layers)
+
+    @property
+    def attend_calls(self) -> int:
+        """Layer forwards after the prefill that attended over the blocks as they are."""
+        return sum(l.attend_calls for l in self.compressed_layers)
 
     @property
     def compressed_layers(self) -> list:

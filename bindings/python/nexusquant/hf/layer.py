@@ -43,6 +43,9 @@ class NexusQuantLayer(CacheLayerMixin):
         self.counts: list = []   # compressed tokens per head of each element
         self.pads: list = []     # left-padding tokens of each element's prefill (not stored)
         self.compress_calls = 0  # library compress calls (prefill + appended chunks)
+        self.decode_calls = 0    # forwards whose attention decoded the compressed tokens
+        self.attend_calls = 0    # forwards whose attention read the blocks (Context.attend)
+        self._attend_blocks = None  # blocks per element awaiting the attention tap
         self._pending = None     # the prefill's K/V while its queries are awaited
 
     # -- transformers API
@@ -60,8 +63,11 @@ class NexusQuantLayer(CacheLayerMixin):
         """Stores new K/V and returns what the attention should use.
 
         First call (the prefill): returns the exact K/V, then compresses them into one
-        block per batch element and keeps nothing else. Later calls: returns the decoded
-        compressed tokens + the full-precision window + the new tokens (unfused path).
+        block per batch element and keeps nothing else. Later calls, when the cache
+        attends (`NexusQuantCache.attention`, inside `nexusquant_evict`): returns only the
+        full-precision window + the new tokens, and the attention tap adds the attention
+        over the blocks. Otherwise: returns the decoded compressed tokens + the window +
+        the new tokens (a full decode of the layer).
         """
         if not self.is_initialized or (self.segments is None and self.keys.shape[0] != key_states.shape[0]):
             self.lazy_initialization(key_states, value_states)
@@ -81,6 +87,17 @@ class NexusQuantLayer(CacheLayerMixin):
             else:
                 self._compress(key_states, value_states, start=0)
             return key_states, value_states
+        if self._cache._attends(self, key_states):
+            # decode step through the library's attention: the compressed tokens are not
+            # decoded; the attention tap attends over these blocks and over the tail
+            # returned here (the window and the new tokens), then merges the two
+            self._attend_blocks = [self.blocks(b) for b in range(len(self.segments))]
+            self.keys = torch.cat([self.keys, key_states], dim=-2)
+            self.values = torch.cat([self.values, value_states], dim=-2)
+            tail_k, tail_v = self.keys, self.values
+            self.seen += q
+            self._flush()  # after the snapshot: the tail still holds what it flushes
+            return tail_k, tail_v
         out_k, out_v = self._assemble(key_states, value_states)
         if q:
             self.keys = torch.cat([self.keys, key_states], dim=-2)
@@ -106,6 +123,7 @@ class NexusQuantLayer(CacheLayerMixin):
     def reset(self) -> None:
         self.segments = None
         self._pending = None
+        self._attend_blocks = None
         self.keys = self.values = None
         self.is_initialized = False
         self.seen = self.window_start = self.stored = 0
@@ -259,6 +277,7 @@ class NexusQuantLayer(CacheLayerMixin):
         out_k = new_k.new_empty((b, h, r + w + q, d))
         out_v = new_v.new_empty((b, h, r + w + q, dv_))
         if r:
+            self.decode_calls += 1
             staging = self._cache.transfer == "host-staging"
             if staging:
                 pin = torch.cuda.is_available()

@@ -46,6 +46,10 @@ def query_scores(q: torch.Tensor, k: torch.Tensor, kv_heads: int, pool: int = 15
 # The cache whose model forward is running in this thread (set by nexusquant_evict's
 # forward wrapper): the attention tap hands it each layer's query states.
 ACTIVE: contextvars.ContextVar = contextvars.ContextVar("nexusquant_active_cache", default=None)
+# The same cache while its forward's attention runs through the tap (set only when the
+# model's attention implementation is tapped): its decode steps may then attend over the
+# blocks (the tap computes that attention).
+TAPPED: contextvars.ContextVar = contextvars.ContextVar("nexusquant_tapped_cache", default=None)
 _TAP_LOCK = threading.Lock()
 _TAPS: dict = {}  # attention implementation name -> [users, the local mapping entry it replaced]
 
@@ -77,6 +81,10 @@ def _make_tap(original):
         cache = ACTIVE.get()
         if cache is not None and getattr(module, "layer_idx", None) is not None:
             cache._observe_queries(module.layer_idx, query)
+            if TAPPED.get() is cache:
+                out = cache._attention(module, query, key, value, attention_mask, kwargs)
+                if out is not None:
+                    return out, None
         fn = original if original is not None else _eager_attention_of(module)
         return fn(module, query, key, value, attention_mask, *args, **kwargs)
     return nexusquant_attention_tap
