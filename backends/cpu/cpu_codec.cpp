@@ -8,7 +8,7 @@
 #include "../../src/core/vector_codec.h"
 #include "cpu_dispatch.h"
 #include "cpu_internal.h"
-#include "kv_access.h"
+#include "../../src/core/kv_access.h"
 #include "thread_pool.h"
 
 namespace nq {
@@ -194,13 +194,13 @@ void decode_rows_task(void *vp, uint32_t i) {
 
 nq_status cpu_encode(const nq_context *ctx, const EncodeJob &job, void *) {
     FpEnvGuard env;
-    if (const CpuKernels *kn = cpu_kernels(ctx->isa)) return encode_tiled(ctx, *kn, job);
+    if (const CpuKernels *kn = cpu_kernels(cpu_isa(ctx))) return encode_tiled(ctx, *kn, job);
     write_positions(job);
     const uint32_t K = job.h->tokens_kept;
-    const TaskSplit sp = split_tasks(K, 1, thread_pool_size(ctx->pool));
+    const TaskSplit sp = split_tasks(K, 1, thread_pool_size(cpu_pool(ctx)));
     if (sp.tasks <= 1) return encode_rows_reference(job, 0, K);
     RowTasks t{&job, nullptr, 0, 0, nullptr, 0, K, sp.units_per_task};
-    thread_pool_run(ctx->pool, sp.tasks, encode_rows_task, &t);
+    thread_pool_run(cpu_pool(ctx), sp.tasks, encode_rows_task, &t);
     // The first failure in token order, with its message, on this thread.
     if (t.failed.load()) return encode_rows_reference(job, 0, K);
     return NQ_OK;
@@ -264,14 +264,14 @@ void decode_rows_reference(const nq_block &b, uint32_t begin, const nq_kv_desc &
 nq_status cpu_decode(const nq_context *ctx, const nq_block &b, uint32_t begin, uint32_t end, const nq_kv_desc &out,
                      void *) {
     FpEnvGuard env;
-    if (const CpuKernels *kn = cpu_kernels(ctx->isa)) return decode_tiled(ctx, *kn, b, begin, end, out);
-    const TaskSplit sp = split_tasks(end - begin, 1, thread_pool_size(ctx->pool));
+    if (const CpuKernels *kn = cpu_kernels(cpu_isa(ctx))) return decode_tiled(ctx, *kn, b, begin, end, out);
+    const TaskSplit sp = split_tasks(end - begin, 1, thread_pool_size(cpu_pool(ctx)));
     if (sp.tasks <= 1) {
         decode_rows_reference(b, begin, out, begin, end);
         return NQ_OK;
     }
     RowTasks t{nullptr, &b, begin, end, &out, begin, end, sp.units_per_task};
-    thread_pool_run(ctx->pool, sp.tasks, decode_rows_task, &t);
+    thread_pool_run(cpu_pool(ctx), sp.tasks, decode_rows_task, &t);
     return NQ_OK;
 }
 
@@ -279,11 +279,6 @@ nq_status cpu_scores_guarded(const nq_context *ctx, const nq_kv_desc &kv, const 
                              const int64_t *positions, float *out, Workspace &ws) {
     FpEnvGuard env;
     return cpu_scores(ctx, kv, sc, positions, out, ws);
-}
-
-const Backend &cpu_backend() {
-    static const Backend b{"cpu", cpu_scores_guarded, cpu_encode, cpu_decode};
-    return b;
 }
 
 }  // namespace nq

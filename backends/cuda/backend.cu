@@ -69,11 +69,12 @@ std::mutex g_state_create;
 
 State *state_of(nq_context *ctx) {
     std::lock_guard<std::mutex> lk(g_state_create);
-    if (!ctx->gpu) {
+    void *&slot = backend_state(ctx, kGpuMemory);
+    if (!slot) {
         void *p = ctx->mem.alloc(sizeof(State), alignof(State));
-        if (p) ctx->gpu = new (p) State();
+        if (p) slot = new (p) State();
     }
-    return static_cast<State *>(ctx->gpu);
+    return static_cast<State *>(slot);
 }
 
 void release_table(const nq_context *ctx, const RopeTable &t) {
@@ -246,14 +247,13 @@ nq_status gpu_copy(void *dst, nq_memory, const void *src, nq_memory, size_t byte
     return NQ_OK;
 }
 
-void gpu_context_release(nq_context *ctx) {
-    if (!ctx->gpu) return;
-    State *st = static_cast<State *>(ctx->gpu);
+void gpu_context_release(nq_context *ctx, void *state) {
+    if (!state) return;
+    State *st = static_cast<State *>(state);
     for (auto &t : st->live) release_table(ctx, t);
     for (auto &t : st->retired) release_table(ctx, t);
     st->~State();
     ctx->mem.release(st);
-    ctx->gpu = nullptr;
 }
 
 size_t gpu_workspace_bound(const nq_context *ctx, const nq_kv_desc *items, size_t n) {
@@ -262,7 +262,7 @@ size_t gpu_workspace_bound(const nq_context *ctx, const nq_kv_desc *items, size_
     return total;
 }
 
-nq_status gpu_compress(nq_context *ctx, const GpuItem *items, size_t n, void *workspace, size_t workspace_bytes,
+nq_status gpu_compress(nq_context *ctx, const BatchItem *items, size_t n, void *workspace, size_t workspace_bytes,
                        void *stream_v) {
     if (n == 0) return NQ_OK;
     cudaStream_t stream = static_cast<cudaStream_t>(stream_v);
@@ -344,7 +344,7 @@ nq_status gpu_compress(nq_context *ctx, const GpuItem *items, size_t n, void *wo
     uint32_t sel_rows_total = 0, max_heads = 0;
     uint64_t norm_rows = 0;
     for (size_t i = 0; i < n; ++i) {
-        const GpuItem &gi = items[i];
+        const BatchItem &gi = items[i];
         const EncodeJob &jb = gi.job;
         const nq_kv_desc &kv = *jb.kv;
         const BlockHeader &h = *jb.h;
@@ -442,7 +442,7 @@ nq_status gpu_compress(nq_context *ctx, const GpuItem *items, size_t n, void *wo
     if (err != cudaSuccess) return runtime_fail(err, "uploading the batch descriptors");
     // Query scores, one launch pair per item that has them.
     for (size_t i = 0; i < n; ++i) {
-        const GpuItem &gi = items[i];
+        const BatchItem &gi = items[i];
         if (!gi.sel_rows || gi.scores.kind != NQ_SCORES_QUERIES) continue;
         const nq_score_desc &sc = gi.scores;
         const nq_kv_desc &kv = *gi.job.kv;
