@@ -6,6 +6,7 @@
 
 #include "../../src/backend.h"
 #include "../../src/core/vector_codec.h"
+#include "../../src/format/block_rope.h"
 #include "cpu_dispatch.h"
 #include "cpu_internal.h"
 #include "../../src/core/kv_access.h"
@@ -82,19 +83,7 @@ nq_status coded_row_error(const char *which, uint32_t head, uint32_t token) {
 }
 
 void block_rope_freqs(const BlockHeader &h, double *inv_freq, double *mscale) {
-    RopeSpec spec;
-    spec.pairing = h.rope_pairing;
-    spec.scaling = h.rope_scaling;
-    spec.rotary_dims = h.rotary_dims;
-    spec.original_max_position = h.rope_original_max_position;
-    spec.theta = h.theta;
-    spec.factor = h.factor;
-    spec.low_freq_factor = h.low_freq_factor;
-    spec.high_freq_factor = h.high_freq_factor;
-    spec.beta_fast = h.beta_fast;
-    spec.beta_slow = h.beta_slow;
-    spec.attention_factor = h.attention_factor;
-    rope_inv_freq(spec, h.rope_seq_len, inv_freq, mscale);
+    rope_inv_freq(header_rope(h), h.rope_seq_len, inv_freq, mscale);
 }
 
 void write_positions(const EncodeJob &job) {

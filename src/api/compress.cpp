@@ -10,6 +10,7 @@
 #include "../core/hadamard.h"
 #include "../plan/bit_choice.h"
 #include "../plan/block_plan.h"
+#include "../format/block_rope.h"
 #include "fp_env.h"
 
 namespace nq {
@@ -69,20 +70,10 @@ Plan make_plan(const nq_context *ctx, const nq_kv_desc &kv, const Positions &pos
     h.num_heads = (uint16_t)c.num_kv_heads;
     h.hadamard_block = (uint16_t)hadamard_block(c.head_dim);
     h.rope_mode = (uint8_t)c.rope.mode;
-    h.rope_pairing = (uint8_t)c.rope.pairing;
-    h.rope_scaling = (uint8_t)c.rope.scaling;
+    set_header_rope(h, ctx->rope);  // the context's spec (nq_context_create copied it from c.rope)
     h.src_dtype = (uint8_t)kv.dtype;
-    h.rotary_dims = (uint16_t)c.rope.rotary_dims;
     h.layer = kv.layer;
     h.tokens_in = T;
-    h.rope_original_max_position = c.rope.original_max_position;
-    h.theta = c.rope.theta;
-    h.factor = c.rope.factor;
-    h.low_freq_factor = c.rope.low_freq_factor;
-    h.high_freq_factor = c.rope.high_freq_factor;
-    h.beta_fast = c.rope.beta_fast;
-    h.beta_slow = c.rope.beta_slow;
-    h.attention_factor = c.rope.attention_factor;
     h.rope_seq_len = kv.rope_seq_len ? kv.rope_seq_len : (uint32_t)(positions[T - 1] + 1);
 
     const uint32_t sinks = count_below(positions, T, p.lp.sink_tokens);
