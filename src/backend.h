@@ -36,16 +36,6 @@ struct EncodeJob {
 // Scratch bytes the scores of one item need beyond the [heads][tokens] output.
 size_t score_scratch_bytes(uint32_t num_tokens);
 
-// Keeps sinks, the recent window and the top tokens by score (evict.cpp). Writes
-// kept[rows][*num_kept] (input indices, increasing) and returns rows in *rows.
-nq_status select_tokens(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, const float *scores,
-                        const int64_t *positions, uint32_t *kept, uint32_t *num_kept, uint32_t *rows, Workspace &ws);
-
-// Tokens kept per head for T input tokens (what select_tokens will keep, upper bound
-// for the paged mode). sinks: the leading tokens whose positions are below
-// lp.sink_tokens.
-uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, uint32_t sinks);
-
 // Max-pool width over query scores when nq_score_desc.pool_kernel is 0. 15, not the 7
 // of earlier releases: on SmolLM2-135M the wider window keeps whole facts (the digits of
 // a planted code and their neighbours) and retrieved the needle at every depth where 7

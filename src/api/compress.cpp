@@ -78,7 +78,7 @@ Plan make_plan(const nq_context *ctx, const nq_kv_desc &kv, const Positions &pos
 
     const uint32_t sinks = count_below(positions, T, p.lp.sink_tokens);
     p.budget = evict_budget(p.lp, T, sinks);
-    const uint32_t K = planned_kept(ctx, kv, p.lp, sinks);
+    const uint32_t K = planned_kept(ctx, kv, p.budget);
     p.evicting = K < T;
     h.tokens_kept = K;
     if (!p.evicting) {
@@ -176,7 +176,7 @@ nq_status compress_one(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_
         if (!scores || !kept_w) return fail(NQ_ERR_BUFFER_TOO_SMALL, "workspace too small (scores)");
         NQ_TRY(be.scores(ctx, kv, &sc, positions, scores, ws));
         uint32_t K = 0;
-        NQ_TRY(select_tokens(ctx, kv, plan.lp, scores, positions, kept_w, &K, &rows, ws));
+        NQ_TRY(select_tokens(ctx, kv, plan.budget, scores, kept_w, &K, &rows, ws));
         if (K != plan.h.tokens_kept)
             return fail(NQ_ERR_INTERNAL, "selection kept %u tokens, planned %u", K, plan.h.tokens_kept);
         kept = kept_w;
@@ -264,7 +264,7 @@ nq_status device_prepare(nq_context *ctx, const BackendOps &be, const nq_kv_desc
                     scores[(size_t)h * T + t] =
                         sc.scores[(int64_t)h * sc.score_stride_head + (int64_t)t * sc.score_stride_token];
             uint32_t K = 0;
-            NQ_TRY(select_tokens(ctx, kv, plan.lp, scores, positions, kept_w, &K, &rows, ws));
+            NQ_TRY(select_tokens(ctx, kv, plan.budget, scores, kept_w, &K, &rows, ws));
             if (K != plan.h.tokens_kept)
                 return fail(NQ_ERR_INTERNAL, "selection kept %u tokens, planned %u", K, plan.h.tokens_kept);
             kept = kept_w;

@@ -29,4 +29,14 @@ struct BlockPlan {
     bool evicting;       // h.tokens_kept < h.tokens_in
 };
 
+// Tokens kept per head under budget b (what select_tokens keeps; the paged mode rounds
+// to whole pages).
+uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const EvictBudget &b);
+
+// Keeps the budget's sinks and window and the top tokens between by score (evict.cpp).
+// Writes kept[rows][*num_kept] (input indices, increasing) and returns rows in *rows.
+struct Workspace;
+nq_status select_tokens(const nq_context *ctx, const nq_kv_desc &kv, const EvictBudget &b, const float *scores,
+                        uint32_t *kept, uint32_t *num_kept, uint32_t *rows, Workspace &ws);
+
 }  // namespace nq

@@ -76,9 +76,8 @@ void top_m(uint32_t *idx, uint32_t n, uint32_t m, const float *score) {
 
 }  // namespace
 
-uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, uint32_t sinks) {
+uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const EvictBudget &b) {
     const uint32_t T = kv.num_tokens;
-    EvictBudget b = evict_budget(lp, T, sinks);
     if (!b.evicting || ctx->cfg.evict_mode != NQ_EVICT_PAGED) return b.keep;
     const uint32_t P = page_size_of(ctx, kv);
     uint32_t hp, tf;
@@ -90,12 +89,9 @@ uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const LayerPa
     return forced + std::min(want, free_pages) * P;
 }
 
-nq_status select_tokens(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, const float *scores,
-                        const int64_t *positions, uint32_t *kept, uint32_t *num_kept, uint32_t *rows, Workspace &ws) {
+nq_status select_tokens(const nq_context *ctx, const nq_kv_desc &kv, const EvictBudget &b, const float *scores,
+                        uint32_t *kept, uint32_t *num_kept, uint32_t *rows, Workspace &ws) {
     const uint32_t T = kv.num_tokens, H = ctx->cfg.num_kv_heads;
-    uint32_t sinks = 0;
-    while (sinks < T && positions[sinks] < (int64_t)lp.sink_tokens) ++sinks;
-    EvictBudget b = evict_budget(lp, T, sinks);
     uint32_t *idx = ws.take<uint32_t>(T);
     float *sum = ws.take<float>(T);
     if (!idx || !sum) return fail(NQ_ERR_BUFFER_TOO_SMALL, "workspace too small for token selection");
