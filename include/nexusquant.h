@@ -604,6 +604,39 @@ typedef struct nq_block_info {
 
 NQ_API nq_status nq_block_get_info(const nq_block *blk, nq_block_info *out);
 
+/* What the header of an archive (nq_block_serialize) or of a resident block image
+ * (nq_block_data) says, read without a context and without decoding anything: a reader
+ * learns the shape to create its context with. An archive's checksum is not verified
+ * here (nq_block_deserialize does that); header_valid says whether the header's fields
+ * are consistent with each other. */
+typedef struct nq_block_peek_info {
+    size_t size;                 /* set by the caller (sizeof) */
+    uint32_t is_archive;         /* 1: an archive, 0: a resident image */
+    uint32_t header_valid;       /* 1: every header field is in range and consistent */
+    uint32_t layer;
+    uint32_t num_heads;
+    uint32_t head_dim;
+    uint32_t tokens_in;
+    uint32_t tokens_kept;
+    uint32_t k_bits;
+    uint32_t v_bits;
+    nq_codec codec;
+    nq_evict_mode evict_mode;
+    nq_rope_mode rope_mode;
+    uint32_t fp16_sinks;
+    uint32_t fp16_window;
+    uint32_t positions_per_head;
+    uint32_t reserved0;
+    int64_t first_position;
+    uint64_t resident_bytes;     /* the resident image's bytes, as its header says */
+    uint64_t stored_bytes;       /* the archive's own bytes as its prefix says (resident: resident_bytes) */
+} nq_block_peek_info;
+
+/* Fills *out from the first bytes of an archive or resident image (at least 144 bytes
+ * of an archive, 128 of an image). NQ_ERR_VERSION when the bytes are neither (or of a
+ * format version this library does not read), NQ_ERR_TRUNCATED when too few. */
+NQ_API nq_status nq_block_peek(const void *bytes, size_t len, nq_block_peek_info *out);
+
 /* Original positions of tokens [token_begin, token_end) of one head (any head when
  * positions are shared). Host blocks only. */
 NQ_API nq_status nq_block_positions(const nq_block *blk, uint32_t head, uint32_t token_begin, uint32_t token_end,

@@ -4,7 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "api/internal.h"
+#include "context.h"
 
 namespace nq {
 
@@ -33,30 +33,8 @@ struct EncodeJob {
     uint8_t *dst;              // the block image (g->total bytes), header already written
 };
 
-struct Backend {
-    const char *name;
-    // Importance of every (head, token) into out[h * num_tokens + t]; higher = keep.
-    nq_status (*scores)(const nq_context *ctx, const nq_kv_desc &kv, const nq_score_desc *sc,
-                        const int64_t *positions, float *out, Workspace &ws);
-    nq_status (*encode)(const nq_context *ctx, const EncodeJob &job, void *stream);
-    nq_status (*decode)(const nq_context *ctx, const nq_block &blk, uint32_t begin, uint32_t end,
-                        const nq_kv_desc &out, void *stream);
-};
-
-const Backend &cpu_backend();
-
 // Scratch bytes the scores of one item need beyond the [heads][tokens] output.
 size_t score_scratch_bytes(uint32_t num_tokens);
-
-// Keeps sinks, the recent window and the top tokens by score (evict.cpp). Writes
-// kept[rows][*num_kept] (input indices, increasing) and returns rows in *rows.
-nq_status select_tokens(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, const float *scores,
-                        const int64_t *positions, uint32_t *kept, uint32_t *num_kept, uint32_t *rows, Workspace &ws);
-
-// Tokens kept per head for T input tokens (what select_tokens will keep, upper bound
-// for the paged mode). sinks: the leading tokens whose positions are below
-// lp.sink_tokens.
-uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, uint32_t sinks);
 
 // Max-pool width over query scores when nq_score_desc.pool_kernel is 0. 15, not the 7
 // of earlier releases: on SmolLM2-135M the wider window keeps whole facts (the digits of
@@ -64,21 +42,9 @@ uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const LayerPa
 // lost it, at equal or lower perplexity (BENCHMARKS.md, "Tuning").
 constexpr uint32_t kDefaultPoolKernel = 15;
 
-
-#if defined(NQ_HAVE_GPU)
-// The GPU backend (backends/cuda/; HIP builds compile the same sources). Built when
-// NQ_CUDA or NQ_HIP is on; absent otherwise.
-#if defined(NQ_HAVE_HIP)
-constexpr nq_memory kGpuMemory = NQ_MEMORY_HIP;
-constexpr const char *kGpuName = "HIP";
-#else
-constexpr nq_memory kGpuMemory = NQ_MEMORY_CUDA;
-constexpr const char *kGpuName = "CUDA";
-#endif
-
-// One block of a GPU compress batch. job.kept holds tokens selected on the host (NULL
-// when nothing is evicted or the device selects: sel_rows != 0).
-struct GpuItem {
+// One block of a device compress batch (BackendOps::compress). job.kept holds tokens
+// selected on the host (NULL when nothing is evicted or the device selects: sel_rows != 0).
+struct BatchItem {
     EncodeJob job;
     nq_score_desc scores;     // device selection: GIVEN (device memory) or KEY_NORM
     uint32_t sel_rows;        // 0, 1 (head-shared) or num_heads (per head)
@@ -86,22 +52,63 @@ struct GpuItem {
     uint32_t sel_m;           // ...and sel_m tokens of [lo, hi) by score
 };
 
-// NQ_OK when the runtime has device `device`; NQ_ERR_BACKEND_UNAVAILABLE otherwise.
-nq_status gpu_device_check(int32_t device);
-// Device workspace a compress batch of these items needs (an upper bound).
-size_t gpu_workspace_bound(const nq_context *ctx, const nq_kv_desc *items, size_t n);
-nq_status gpu_compress(nq_context *ctx, const GpuItem *items, size_t n, void *workspace, size_t workspace_bytes,
-                       void *stream);
-nq_status gpu_decode(nq_context *ctx, const nq_block &b, uint32_t begin, uint32_t end, const nq_kv_desc &out,
-                     void *stream);
-// The default allocator's device memory.
-void *gpu_alloc(size_t bytes, int32_t device);
-void gpu_free(void *p, int32_t device);
-// Copies bytes between host and device memory (either direction) on `stream`.
-nq_status gpu_copy(void *dst, nq_memory dst_memory, const void *src, nq_memory src_memory, size_t bytes,
-                   int32_t device, void *stream);
-// Frees what the backend keeps for a context (RoPE tables).
-void gpu_context_release(nq_context *ctx);
-#endif
+struct AttentionCall;  // src/attention/attention.h
+
+// The backend table: one entry per memory kind a build serves. The API layer validates,
+// plans and then calls through the entry of the memory its data lives in; a memory kind
+// without an entry is NQ_ERR_BACKEND_UNAVAILABLE. A NULL member is an operation the
+// backend does not have.
+struct BackendOps {
+    const char *name;   // "CPU", "CUDA", "HIP"
+    nq_memory memory;   // the memory kind it serves
+    nq_backend kind;    // the nq_config.backend that names it
+    // Per-context state, created with the context (NULL create: none, or created on
+    // first use by the backend itself) and released with it.
+    nq_status (*state_create)(nq_context *ctx, void **state);
+    void (*state_release)(nq_context *ctx, void *state);
+    // Device memory: whether `device` exists (NULL: always), the default allocator's
+    // memory, and copies between host and device memory (either direction) on a stream.
+    nq_status (*device_check)(int32_t device);
+    void *(*alloc)(size_t bytes, size_t align, int32_t device);
+    void (*free)(void *p, int32_t device);
+    nq_status (*copy)(void *dst, nq_memory dst_memory, const void *src, nq_memory src_memory, size_t bytes,
+                      int32_t device, void *stream);
+    // Compression, host style: scores of one item, then encode of its planned block.
+    nq_status (*scores)(const nq_context *ctx, const nq_kv_desc &kv, const nq_score_desc *sc,
+                        const int64_t *positions, float *out, Workspace &ws);
+    nq_status (*encode)(const nq_context *ctx, const EncodeJob &job, void *stream);
+    // Compression, device style: a whole planned batch in one submission on `stream`
+    // (selection on the device where an item asks for it). workspace_bound is the
+    // device workspace such a batch needs (an upper bound).
+    size_t (*workspace_bound)(const nq_context *ctx, const nq_kv_desc *items, size_t n);
+    nq_status (*compress)(nq_context *ctx, const BatchItem *items, size_t n, void *workspace,
+                          size_t workspace_bytes, void *stream);
+    nq_status (*decode)(nq_context *ctx, const nq_block &blk, uint32_t begin, uint32_t end, const nq_kv_desc &out,
+                        void *stream);
+    // Attention over resident blocks (nq_attention_decode): scratch bytes of a call, the
+    // call, and the splits per (sequence, KV head) it takes when the caller leaves
+    // nq_attention_desc.num_splits at 0.
+    size_t (*attention_workspace)(const nq_context *ctx, const AttentionCall &call);
+    nq_status (*attention)(nq_context *ctx, const AttentionCall &call, void *workspace, void *stream);
+    uint32_t (*attention_splits)(const nq_context *ctx, uint32_t num_seqs, uint32_t kv_heads);
+    // Alignment the API gives the workspaces it allocates for this backend.
+    size_t workspace_align;
+    // Name of the kernel variant a context runs (the CPU's instruction set).
+    const char *(*variant)(const nq_context *ctx);
+};
+
+// The table entry of a memory kind; NULL when this library has no backend for it
+// (src/backend_registry.cpp).
+const BackendOps *backend_for(nq_memory memory);
+// The entry for a memory kind (HOST, CUDA, HIP) or `kind` of nq_config.backend.
+const BackendOps *backend_for_kind(nq_backend kind);
+// Whether any device (non-host) backend is registered.
+bool have_device_backend();
+// Every registered entry (the CPU first), `*n` of them.
+const BackendOps *const *backends_registered(size_t *n);
+
+// The per-context state of the backend serving `memory` (kMemoryKinds slots).
+inline void *&backend_state(nq_context *ctx, nq_memory memory) { return ctx->backend_state[(int)memory]; }
+inline void *backend_state(const nq_context *ctx, nq_memory memory) { return ctx->backend_state[(int)memory]; }
 
 }  // namespace nq

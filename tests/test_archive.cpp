@@ -240,3 +240,83 @@ TEST(Archive, WrongContextAndSmallBuffers) {
     EXPECT_EQ(nq_block_serialize(a.ctx.get(), a.block.get(), exact.data(), need, &w), NQ_OK) << nq_last_error();
     EXPECT_EQ(w, need);
 }
+
+// nq_block_peek reads an archive's and a resident image's header without a context:
+// the fields agree with nq_block_get_info of the block they came from, a reader can
+// build its context from them, and anything that is not a block is refused.
+TEST(Archive, PeekReadsTheHeaderWithoutAContext) {
+    const uint32_t H = 1 + (uint32_t)(u64() % 4), D = 8 * (1 + (uint32_t)(u64() % 8)), T = 40 + (uint32_t)(u64() % 40);
+    Archived a = make_archive(H, T, D, 3, NQ_EVICT_PER_HEAD, 0.4f, 3);
+    nq_block_info bi{};
+    bi.size = sizeof bi;
+    ASSERT_EQ(nq_block_get_info(a.block.get(), &bi), NQ_OK);
+
+    const void *image = nullptr;
+    size_t image_bytes = 0;
+    ASSERT_EQ(nq_block_data(a.block.get(), &image, &image_bytes), NQ_OK);
+    std::vector<uint8_t> resident(static_cast<const uint8_t *>(image), static_cast<const uint8_t *>(image) + image_bytes);
+
+    for (int archive = 0; archive < 2; ++archive) {
+        const std::vector<uint8_t> &bytes = archive ? a.bytes : resident;
+        nq_block_peek_info pk{};
+        pk.size = sizeof pk;
+        ASSERT_EQ(nq_block_peek(bytes.data(), bytes.size(), &pk), NQ_OK) << nq_last_error();
+        EXPECT_EQ(pk.is_archive, (uint32_t)archive);
+        EXPECT_EQ(pk.header_valid, 1u);
+        EXPECT_EQ(pk.num_heads, bi.num_heads);
+        EXPECT_EQ(pk.head_dim, bi.head_dim);
+        EXPECT_EQ(pk.layer, bi.layer);
+        EXPECT_EQ(pk.tokens_in, bi.tokens_in);
+        EXPECT_EQ(pk.tokens_kept, bi.tokens_kept);
+        EXPECT_EQ(pk.k_bits, bi.k_bits);
+        EXPECT_EQ(pk.v_bits, bi.v_bits);
+        EXPECT_EQ(pk.codec, bi.codec);
+        EXPECT_EQ(pk.evict_mode, bi.evict_mode);
+        EXPECT_EQ(pk.rope_mode, bi.rope_mode);
+        EXPECT_EQ(pk.fp16_sinks, bi.fp16_sinks);
+        EXPECT_EQ(pk.fp16_window, bi.fp16_window);
+        EXPECT_EQ(pk.positions_per_head, bi.positions_per_head);
+        EXPECT_EQ(pk.first_position, bi.first_position);
+        EXPECT_EQ(pk.resident_bytes, bi.resident_bytes);
+        EXPECT_EQ(pk.stored_bytes, (uint64_t)bytes.size());
+        // The header alone: every shorter length is refused as truncated.
+        const size_t need = archive ? 16 + 128 : 128;
+        nq_block_peek_info short_pk{};
+        short_pk.size = sizeof short_pk;
+        EXPECT_EQ(nq_block_peek(bytes.data(), need, &short_pk), NQ_OK);
+        EXPECT_EQ(nq_block_peek(bytes.data(), need - 1 - (size_t)(u64() % (need - 4)), &short_pk), NQ_ERR_TRUNCATED);
+    }
+
+    // A context built from the peeked shape reads the archive.
+    nq_block_peek_info pk{};
+    pk.size = sizeof pk;
+    ASSERT_EQ(nq_block_peek(a.bytes.data(), a.bytes.size(), &pk), NQ_OK);
+    nq_config c = plain_config(pk.num_heads, pk.head_dim);
+    Ctx reader = make_ctx(c);
+    Block back;
+    ASSERT_EQ(try_read(reader.get(), a.bytes, a.bytes.size(), &back), NQ_OK) << nq_last_error();
+
+    // A header whose fields contradict each other is reported, not trusted.
+    std::vector<uint8_t> bad = a.bytes;
+    bad[16 + 16] = 7;  // head_dim 7: not a multiple of 8
+    bad[16 + 17] = 0;
+    ASSERT_EQ(nq_block_peek(bad.data(), bad.size(), &pk), NQ_OK);
+    EXPECT_EQ(pk.header_valid, 0u);
+    EXPECT_EQ(pk.head_dim, 7u);
+
+    // Not a block, an unknown version, NULL arguments, an uninitialised size.
+    std::vector<uint8_t> junk(256);
+    for (auto &x : junk) x = (uint8_t)u64();
+    junk[0] = 'X';
+    EXPECT_EQ(nq_block_peek(junk.data(), junk.size(), &pk), NQ_ERR_VERSION);
+    std::vector<uint8_t> newer = a.bytes;
+    newer[4] = 2;  // archive version 2
+    EXPECT_EQ(nq_block_peek(newer.data(), newer.size(), &pk), NQ_ERR_VERSION);
+    newer = a.bytes;
+    newer[16 + 4] = 9;  // block header version 9
+    EXPECT_EQ(nq_block_peek(newer.data(), newer.size(), &pk), NQ_ERR_VERSION);
+    EXPECT_EQ(nq_block_peek(nullptr, 1000, &pk), NQ_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(nq_block_peek(a.bytes.data(), a.bytes.size(), nullptr), NQ_ERR_INVALID_ARGUMENT);
+    pk.size = 3;
+    EXPECT_EQ(nq_block_peek(a.bytes.data(), a.bytes.size(), &pk), NQ_ERR_INVALID_ARGUMENT);
+}

@@ -489,7 +489,7 @@ void merge_worker(void *vp, uint32_t w) {
 }
 
 uint32_t workers_for(const nq_context *ctx, const AttentionCall &call) {
-    const uint32_t threads = thread_pool_size(ctx->pool);
+    const uint32_t threads = thread_pool_size(cpu_pool(ctx));
     const uint64_t tasks = (uint64_t)call.num_seqs * call.num_kv_heads * call.num_splits;
     return (uint32_t)(tasks < threads ? (tasks ? tasks : 1) : threads);
 }
@@ -509,8 +509,8 @@ nq_status cpu_attention(const nq_context *ctx, const AttentionCall &call, void *
     Job job{};
     job.ctx = ctx;
     job.call = &call;
-    job.ak = attn_kernels(ctx->isa);
-    job.kn = cpu_kernels(ctx->isa);
+    job.ak = attn_kernels(cpu_isa(ctx));
+    job.kn = cpu_kernels(cpu_isa(ctx));
     if (!job.kn) job.ak = nullptr;
     job.R = call.group * call.q_tokens;
     job.items = call.num_seqs * call.num_kv_heads;
@@ -519,8 +519,8 @@ nq_status cpu_attention(const nq_context *ctx, const AttentionCall &call, void *
     uint8_t *p = reinterpret_cast<uint8_t *>(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
     job.scratch = p;
     job.partial = call.num_splits > 1 ? reinterpret_cast<float *>(p + (size_t)job.workers * job.per_worker) : nullptr;
-    thread_pool_run(ctx->pool, job.workers, worker, &job);
-    if (call.num_splits > 1) thread_pool_run(ctx->pool, job.workers, merge_worker, &job);
+    thread_pool_run(cpu_pool(ctx), job.workers, worker, &job);
+    if (call.num_splits > 1) thread_pool_run(cpu_pool(ctx), job.workers, merge_worker, &job);
     return NQ_OK;
 }
 

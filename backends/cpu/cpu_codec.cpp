@@ -6,9 +6,10 @@
 
 #include "../../src/backend.h"
 #include "../../src/core/vector_codec.h"
+#include "../../src/format/block_rope.h"
 #include "cpu_dispatch.h"
 #include "cpu_internal.h"
-#include "kv_access.h"
+#include "../../src/core/kv_access.h"
 #include "thread_pool.h"
 
 namespace nq {
@@ -82,19 +83,7 @@ nq_status coded_row_error(const char *which, uint32_t head, uint32_t token) {
 }
 
 void block_rope_freqs(const BlockHeader &h, double *inv_freq, double *mscale) {
-    RopeSpec spec;
-    spec.pairing = h.rope_pairing;
-    spec.scaling = h.rope_scaling;
-    spec.rotary_dims = h.rotary_dims;
-    spec.original_max_position = h.rope_original_max_position;
-    spec.theta = h.theta;
-    spec.factor = h.factor;
-    spec.low_freq_factor = h.low_freq_factor;
-    spec.high_freq_factor = h.high_freq_factor;
-    spec.beta_fast = h.beta_fast;
-    spec.beta_slow = h.beta_slow;
-    spec.attention_factor = h.attention_factor;
-    rope_inv_freq(spec, h.rope_seq_len, inv_freq, mscale);
+    rope_inv_freq(header_rope(h), h.rope_seq_len, inv_freq, mscale);
 }
 
 void write_positions(const EncodeJob &job) {
@@ -194,13 +183,13 @@ void decode_rows_task(void *vp, uint32_t i) {
 
 nq_status cpu_encode(const nq_context *ctx, const EncodeJob &job, void *) {
     FpEnvGuard env;
-    if (const CpuKernels *kn = cpu_kernels(ctx->isa)) return encode_tiled(ctx, *kn, job);
+    if (const CpuKernels *kn = cpu_kernels(cpu_isa(ctx))) return encode_tiled(ctx, *kn, job);
     write_positions(job);
     const uint32_t K = job.h->tokens_kept;
-    const TaskSplit sp = split_tasks(K, 1, thread_pool_size(ctx->pool));
+    const TaskSplit sp = split_tasks(K, 1, thread_pool_size(cpu_pool(ctx)));
     if (sp.tasks <= 1) return encode_rows_reference(job, 0, K);
     RowTasks t{&job, nullptr, 0, 0, nullptr, 0, K, sp.units_per_task};
-    thread_pool_run(ctx->pool, sp.tasks, encode_rows_task, &t);
+    thread_pool_run(cpu_pool(ctx), sp.tasks, encode_rows_task, &t);
     // The first failure in token order, with its message, on this thread.
     if (t.failed.load()) return encode_rows_reference(job, 0, K);
     return NQ_OK;
@@ -264,14 +253,14 @@ void decode_rows_reference(const nq_block &b, uint32_t begin, const nq_kv_desc &
 nq_status cpu_decode(const nq_context *ctx, const nq_block &b, uint32_t begin, uint32_t end, const nq_kv_desc &out,
                      void *) {
     FpEnvGuard env;
-    if (const CpuKernels *kn = cpu_kernels(ctx->isa)) return decode_tiled(ctx, *kn, b, begin, end, out);
-    const TaskSplit sp = split_tasks(end - begin, 1, thread_pool_size(ctx->pool));
+    if (const CpuKernels *kn = cpu_kernels(cpu_isa(ctx))) return decode_tiled(ctx, *kn, b, begin, end, out);
+    const TaskSplit sp = split_tasks(end - begin, 1, thread_pool_size(cpu_pool(ctx)));
     if (sp.tasks <= 1) {
         decode_rows_reference(b, begin, out, begin, end);
         return NQ_OK;
     }
     RowTasks t{nullptr, &b, begin, end, &out, begin, end, sp.units_per_task};
-    thread_pool_run(ctx->pool, sp.tasks, decode_rows_task, &t);
+    thread_pool_run(cpu_pool(ctx), sp.tasks, decode_rows_task, &t);
     return NQ_OK;
 }
 
@@ -279,11 +268,6 @@ nq_status cpu_scores_guarded(const nq_context *ctx, const nq_kv_desc &kv, const 
                              const int64_t *positions, float *out, Workspace &ws) {
     FpEnvGuard env;
     return cpu_scores(ctx, kv, sc, positions, out, ws);
-}
-
-const Backend &cpu_backend() {
-    static const Backend b{"cpu", cpu_scores_guarded, cpu_encode, cpu_decode};
-    return b;
 }
 
 }  // namespace nq

@@ -5,7 +5,7 @@
 #include "../../src/backend.h"
 #include "../../src/core/nq_expf.h"
 #include "../../src/core/vector_codec.h"
-#include "kv_access.h"
+#include "../../src/core/kv_access.h"
 
 namespace nq {
 

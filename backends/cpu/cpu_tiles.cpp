@@ -11,7 +11,7 @@
 #include "../../src/core/vector_codec.h"
 #include "cpu_dispatch.h"
 #include "cpu_internal.h"
-#include "kv_access.h"
+#include "../../src/core/kv_access.h"
 #include "thread_pool.h"
 
 namespace nq {
@@ -351,14 +351,14 @@ nq_status encode_tiled(const nq_context *ctx, const CpuKernels &kn, const Encode
     st.s_end = s_end;
     st.coded = g.coded;
     st.batches = div_up(g.coded, st.W);
-    st.split = split_tasks(st.batches, H, thread_pool_size(ctx->pool));
+    st.split = split_tasks(st.batches, H, thread_pool_size(cpu_pool(ctx)));
     st.rope = h.rope_mode == NQ_ROPE_REMOVE;
     st.nf = st.rope ? h.rotary_dims / 2u : 0u;
     st.mscale = 1.0;
     if (st.rope) block_rope_freqs(h, st.inv_freq, &st.mscale);
     st.k_alpha = codec_alpha(h.codec, h.k_bits);
     st.v_alpha = codec_alpha(h.codec, h.v_bits);
-    thread_pool_run(ctx->pool, st.split.tasks, encode_task, &st);
+    thread_pool_run(cpu_pool(ctx), st.split.tasks, encode_task, &st);
     // A non-finite vector: the reference finds the first one in its order and names it.
     if (st.failed.load()) return encode_rows_reference(job, 0, K);
     return NQ_OK;
@@ -401,12 +401,12 @@ nq_status decode_tiled(const nq_context *ctx, const CpuKernels &kn, const nq_blo
     st.c0 = c0;
     st.c1 = c1;
     st.batches = div_up(c1 - c0, st.W);
-    st.split = split_tasks(st.batches, H, thread_pool_size(ctx->pool));
+    st.split = split_tasks(st.batches, H, thread_pool_size(cpu_pool(ctx)));
     st.rope = h.rope_mode == NQ_ROPE_REMOVE;
     st.nf = st.rope ? h.rotary_dims / 2u : 0u;
     st.mscale = 1.0;
     if (st.rope) block_rope_freqs(h, st.inv_freq, &st.mscale);
-    thread_pool_run(ctx->pool, st.split.tasks, decode_task, &st);
+    thread_pool_run(cpu_pool(ctx), st.split.tasks, decode_task, &st);
     return NQ_OK;
 }
 

@@ -7,7 +7,7 @@
 #include <mutex>
 #include <new>
 
-#include "../../src/api/internal.h"
+#include "../../src/backend.h"
 #include "cpu_dispatch.h"
 
 namespace nq {

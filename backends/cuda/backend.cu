@@ -13,6 +13,7 @@
 #include "../../src/core/format.h"
 #include "../../src/core/rope.h"
 #include "../../src/core/vector_codec.h"
+#include "../../src/format/block_rope.h"
 #include "kernels.cuh"
 #include "launch.h"
 
@@ -69,11 +70,12 @@ std::mutex g_state_create;
 
 State *state_of(nq_context *ctx) {
     std::lock_guard<std::mutex> lk(g_state_create);
-    if (!ctx->gpu) {
+    void *&slot = backend_state(ctx, kGpuMemory);
+    if (!slot) {
         void *p = ctx->mem.alloc(sizeof(State), alignof(State));
-        if (p) ctx->gpu = new (p) State();
+        if (p) slot = new (p) State();
     }
-    return static_cast<State *>(ctx->gpu);
+    return static_cast<State *>(slot);
 }
 
 void release_table(const nq_context *ctx, const RopeTable &t) {
@@ -81,15 +83,8 @@ void release_table(const nq_context *ctx, const RopeTable &t) {
     ctx->mem.release(t.fwd, kGpuMemory, t.device);
 }
 
-bool same_rope(const nq_context *ctx, const BlockHeader &h) {
-    const RopeSpec &r = ctx->rope;
-    return h.rope_pairing == r.pairing && h.rope_scaling == r.scaling && h.rotary_dims == r.rotary_dims &&
-           h.rope_original_max_position == r.original_max_position && h.theta == r.theta && h.factor == r.factor &&
-           h.low_freq_factor == r.low_freq_factor && h.high_freq_factor == r.high_freq_factor &&
-           h.beta_fast == r.beta_fast && h.beta_slow == r.beta_slow && h.attention_factor == r.attention_factor;
-}
-
-// The context's RoPE tables on `device` covering positions [0, max_position]. Tables
+// The RoPE tables of the block's spec (which must be the context's: one table per
+// device and context) on `device` covering positions [0, max_position]. Tables
 // are computed on the host in float64 and rounded once (rope_tables, the CPU
 // reference's values), copied once, and grown by doubling; building one is the only
 // place the backend waits for the device (its own stream, never the caller's).
@@ -97,7 +92,8 @@ nq_status rope_tables_for(nq_context *ctx, int device, int64_t max_position, con
                           const RopeCS **inv) {
     if (h.rope_scaling == kRopeDynamicNtk)
         return fail(NQ_ERR_UNSUPPORTED, "dynamic NTK RoPE scaling is not supported by the %s backend", kGpuName);
-    if (!same_rope(ctx, h))
+    const RopeSpec spec = header_rope(h);
+    if (!same_rope(spec, ctx->rope))
         return fail(NQ_ERR_UNSUPPORTED,
                     "the block's RoPE parameters differ from the context's: decode it with a context of the same RoPE");
     if (max_position < 0 || max_position >= (int64_t)1 << 31)
@@ -116,9 +112,9 @@ nq_status rope_tables_for(nq_context *ctx, int device, int64_t max_position, con
     }
     uint32_t n = 4096;
     while ((int64_t)n <= max_position) n <<= 1;
-    const uint32_t nf = ctx->rope.rotary_dims / 2;
+    const uint32_t nf = spec.rotary_dims / 2;
     double inv_freq[kMaxHeadDim / 2], mscale = 1.0;
-    rope_inv_freq(ctx->rope, 0, inv_freq, &mscale);
+    rope_inv_freq(spec, 0, inv_freq, &mscale);
     const bool two = mscale != 1.0;
     const size_t entries = (size_t)n * nf, bytes = entries * sizeof(RopeCS);
     RopeCS *host = static_cast<RopeCS *>(ctx->mem.alloc(bytes * (two ? 2 : 1), 64));
@@ -246,14 +242,13 @@ nq_status gpu_copy(void *dst, nq_memory, const void *src, nq_memory, size_t byte
     return NQ_OK;
 }
 
-void gpu_context_release(nq_context *ctx) {
-    if (!ctx->gpu) return;
-    State *st = static_cast<State *>(ctx->gpu);
+void gpu_context_release(nq_context *ctx, void *state) {
+    if (!state) return;
+    State *st = static_cast<State *>(state);
     for (auto &t : st->live) release_table(ctx, t);
     for (auto &t : st->retired) release_table(ctx, t);
     st->~State();
     ctx->mem.release(st);
-    ctx->gpu = nullptr;
 }
 
 size_t gpu_workspace_bound(const nq_context *ctx, const nq_kv_desc *items, size_t n) {
@@ -262,7 +257,7 @@ size_t gpu_workspace_bound(const nq_context *ctx, const nq_kv_desc *items, size_
     return total;
 }
 
-nq_status gpu_compress(nq_context *ctx, const GpuItem *items, size_t n, void *workspace, size_t workspace_bytes,
+nq_status gpu_compress(nq_context *ctx, const BatchItem *items, size_t n, void *workspace, size_t workspace_bytes,
                        void *stream_v) {
     if (n == 0) return NQ_OK;
     cudaStream_t stream = static_cast<cudaStream_t>(stream_v);
@@ -344,7 +339,7 @@ nq_status gpu_compress(nq_context *ctx, const GpuItem *items, size_t n, void *wo
     uint32_t sel_rows_total = 0, max_heads = 0;
     uint64_t norm_rows = 0;
     for (size_t i = 0; i < n; ++i) {
-        const GpuItem &gi = items[i];
+        const BatchItem &gi = items[i];
         const EncodeJob &jb = gi.job;
         const nq_kv_desc &kv = *jb.kv;
         const BlockHeader &h = *jb.h;
@@ -442,7 +437,7 @@ nq_status gpu_compress(nq_context *ctx, const GpuItem *items, size_t n, void *wo
     if (err != cudaSuccess) return runtime_fail(err, "uploading the batch descriptors");
     // Query scores, one launch pair per item that has them.
     for (size_t i = 0; i < n; ++i) {
-        const GpuItem &gi = items[i];
+        const BatchItem &gi = items[i];
         if (!gi.sel_rows || gi.scores.kind != NQ_SCORES_QUERIES) continue;
         const nq_score_desc &sc = gi.scores;
         const nq_kv_desc &kv = *gi.job.kv;

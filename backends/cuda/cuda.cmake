@@ -14,7 +14,8 @@ set(NQ_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/decode.cu
   ${CMAKE_CURRENT_LIST_DIR}/encode.cu
   ${CMAKE_CURRENT_LIST_DIR}/select.cu
-  ${CMAKE_CURRENT_LIST_DIR}/attention.cu)
+  ${CMAKE_CURRENT_LIST_DIR}/attention.cu
+  ${CMAKE_CURRENT_LIST_DIR}/registry.cu)
 set(NQ_GPU_DEFINITIONS NQ_HAVE_GPU NQ_HAVE_CUDA)
 # Reproducible arithmetic: no FMA contraction, IEEE division and square root, no
 # flush of subnormals; the host side of .cu files as strict as the C++ sources.

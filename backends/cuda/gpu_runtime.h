@@ -39,3 +39,5 @@ __device__ __forceinline__ unsigned group_mask(unsigned lane32, unsigned G) {
 
 }  // namespace gpu
 }  // namespace nq
+
+#include "gpu_backend.h"

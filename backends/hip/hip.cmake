@@ -13,7 +13,7 @@ foreach(arch ${NQ_HIP_ARCHS})
   list(APPEND NQ_HIP_FLAGS --offload-arch=${arch})
 endforeach()
 set(NQ_HIP_OBJECTS)
-foreach(src backend decode encode select attention)
+foreach(src backend decode encode select attention registry)
   set(in ${CMAKE_SOURCE_DIR}/backends/cuda/${src}.cu)
   set(out ${CMAKE_BINARY_DIR}/hip/${src}.o)
   add_custom_command(OUTPUT ${out}
@@ -22,7 +22,8 @@ foreach(src backend decode encode select attention)
     DEPENDS ${in} ${CMAKE_SOURCE_DIR}/backends/cuda/kernels.cuh ${CMAKE_SOURCE_DIR}/backends/cuda/launch.h
             ${CMAKE_SOURCE_DIR}/backends/cuda/gpu_desc.h ${CMAKE_SOURCE_DIR}/backends/cuda/gpu_runtime.h
             ${CMAKE_SOURCE_DIR}/backends/hip/hip_compat.h ${CMAKE_SOURCE_DIR}/src/core/block_view.h
-            ${CMAKE_SOURCE_DIR}/src/attention/attention.h
+            ${CMAKE_SOURCE_DIR}/src/attention/attention.h ${CMAKE_SOURCE_DIR}/src/backend.h
+            ${CMAKE_SOURCE_DIR}/backends/cuda/gpu_backend.h
     COMMENT "hipcc ${src}.cu"
     VERBATIM)
   list(APPEND NQ_HIP_OBJECTS ${out})

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "attention/attention.h"
+#include "../../backends/cuda/gpu_backend.h"
 #include "nexusquant.h"
 
 #define CK(x)                                                                                           \

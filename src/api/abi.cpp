@@ -36,6 +36,7 @@ const MinSize kMinSizes[] = {
     {"nq_score_desc", offsetof(nq_score_desc, queries), true},  // kind, memory, given scores
     {"nq_attention_desc", 0, true},                             // no older version: its full size
     {"nq_block_info", 0, false},
+    {"nq_block_peek_info", 0, false},
     {"nq_layer_params", 0, false},
 };
 

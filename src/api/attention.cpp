@@ -6,6 +6,7 @@
 
 #include "../attention/attention.h"
 #include "../backend.h"
+#include "internal.h"
 #include "../core/hadamard.h"
 #include "fp_env.h"
 
@@ -16,14 +17,8 @@ namespace {
 constexpr uint32_t kMaxQTokens = 64;
 constexpr uint32_t kMaxSplits = 256;
 
-bool gpu_memory(nq_memory m) {
-#if defined(NQ_HAVE_GPU)
-    return m == kGpuMemory;
-#else
-    (void)m;
-    return false;
-#endif
-}
+// Device memory of a backend this library holds.
+bool gpu_memory(nq_memory m) { return m != NQ_MEMORY_HOST && backend_for(m) != nullptr; }
 
 // True when (s, i, h, d) -> s*ss + i*st + h*sh + d never maps two elements to one
 // (sorted by |stride|, each exceeds the span of the smaller ones) and stays in int64.
@@ -66,7 +61,7 @@ nq_status check_image(const nq_context *ctx, const void *image, uint32_t s, uint
     if (block_geometry(h).total != h.total_bytes)
         return fail(NQ_ERR_CORRUPT, "desc.block_images[%u] (sequence %u): header.total_bytes does not match its geometry",
                     index, s);
-    if (h.head_dim != ctx->cfg.head_dim || h.num_heads != ctx->cfg.num_kv_heads)
+    if (!shape_matches(ctx, h))
         return fail(NQ_ERR_INVALID_ARGUMENT,
                     "desc.block_images[%u] (sequence %u) has %u heads of dim %u, the context %u heads of dim %u", index,
                     s, (unsigned)h.num_heads, (unsigned)h.head_dim, ctx->cfg.num_kv_heads, ctx->cfg.head_dim);
@@ -77,16 +72,8 @@ nq_status check_image(const nq_context *ctx, const void *image, uint32_t s, uint
 // pieces to give every CPU thread work, never more than 16.
 uint32_t choose_splits(const nq_context *ctx, const nq_attention_desc &d) {
     if (d.num_splits) return d.num_splits;
-    const uint64_t items = (uint64_t)d.num_seqs * ctx->cfg.num_kv_heads;
-    if (gpu_memory(d.memory)) {
-        // A GPU wants a few hundred resident work items; the backend caps what it uses.
-        uint64_t s = items ? (264 + items - 1) / items : 1;
-        return (uint32_t)(s < 1 ? 1 : (s > 16 ? 16 : s));
-    }
-    const uint32_t threads = ctx->cfg.num_threads ? ctx->cfg.num_threads : 1;
-    if (items == 0 || items >= threads) return 1;
-    uint64_t s = (threads + items - 1) / items;
-    return (uint32_t)(s > 16 ? 16 : s);
+    const BackendOps *be = backend_for(d.memory);
+    return be && be->attention_splits ? be->attention_splits(ctx, d.num_seqs, ctx->cfg.num_kv_heads) : 1;
 }
 
 nq_status resolve(const nq_context *ctx, const nq_attention_desc *desc_in, AttentionCall &call, bool for_decode) {
@@ -96,9 +83,8 @@ nq_status resolve(const nq_context *ctx, const nq_attention_desc *desc_in, Atten
     nq_attention_desc_init(&d);
     NQ_TRY(copy_sized(desc_in, &d, "nq_attention_desc"));
     if (d.reserved0 != 0) return fail(NQ_ERR_INVALID_ARGUMENT, "desc.reserved0 is %u: must be 0", d.reserved0);
-#if defined(NQ_HAVE_GPU)
-    if (d.memory == kGpuMemory) NQ_TRY(gpu_device_check(d.device));
-#endif
+    if (gpu_memory(d.memory) && backend_for(d.memory)->device_check)
+        NQ_TRY(backend_for(d.memory)->device_check(d.device));
     if (d.memory != NQ_MEMORY_HOST && !gpu_memory(d.memory)) {
         if (d.memory == NQ_MEMORY_CUDA || d.memory == NQ_MEMORY_HIP)
             return fail(NQ_ERR_BACKEND_UNAVAILABLE, "desc.memory is %s, but this library was built without that backend",
@@ -196,10 +182,7 @@ nq_status resolve(const nq_context *ctx, const nq_attention_desc *desc_in, Atten
 }
 
 size_t workspace_bytes_for(const nq_context *ctx, const AttentionCall &call) {
-#if defined(NQ_HAVE_GPU)
-    if (call.memory == kGpuMemory) return gpu_attention_workspace_bytes(ctx, call);
-#endif
-    return cpu_attention_workspace_bytes(ctx, call);
+    return backend_for(call.memory)->attention_workspace(ctx, call);
 }
 
 }  // namespace
@@ -240,31 +223,20 @@ extern "C" NQ_API nq_status nq_attention_decode(nq_context *ctx, const nq_attent
             return nq::fail(NQ_ERR_BUFFER_TOO_SMALL, "workspace_bytes is %zu: this call needs %zu (nq_attention_workspace_size)",
                             workspace_bytes, need);
     }
-#if defined(NQ_HAVE_GPU)
-    if (call.memory == nq::kGpuMemory) {
-        void *owned = nullptr;
-        if (!workspace && need) {
-            owned = ctx->mem.alloc(need, 256, nq::kGpuMemory, call.device);
-            if (!owned) return nq::fail(NQ_ERR_OUT_OF_MEMORY, "allocating %zu bytes of device workspace failed", need);
-            workspace = owned;
-        }
-        nq_status st = nq::gpu_attention(ctx, call, workspace, stream);
-        // Released after the work is enqueued: the allocator's free must not hand the
-        // memory to other work before the stream has passed it (cudaFree waits).
-        if (owned) ctx->mem.release(owned, nq::kGpuMemory, call.device);
-        return st;
-    }
-#else
-    (void)stream;
-#endif
+    const nq::BackendOps *be = nq::backend_for(call.memory);
+    const int32_t device = call.memory == NQ_MEMORY_HOST ? 0 : call.device;
     void *owned = nullptr;
     if (!workspace && need) {
-        owned = ctx->mem.alloc(need, 64);
-        if (!owned) return nq::fail(NQ_ERR_OUT_OF_MEMORY, "allocating %zu bytes of attention scratch failed", need);
+        owned = ctx->mem.alloc(need, be->workspace_align, call.memory, device);
+        if (!owned)
+            return nq::fail(NQ_ERR_OUT_OF_MEMORY, "allocating %zu bytes of %s failed", need,
+                            call.memory == NQ_MEMORY_HOST ? "attention scratch" : "device workspace");
         workspace = owned;
     }
-    nq_status st = nq::cpu_attention(ctx, call, workspace);
-    if (owned) ctx->mem.release(owned);
+    nq_status st = be->attention(ctx, call, workspace, stream);
+    // Released after the work is enqueued: the allocator's free must not hand the
+    // memory to other work before the stream has passed it (cudaFree waits).
+    if (owned) ctx->mem.release(owned, call.memory, device);
     return st;
 }
 

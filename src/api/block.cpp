@@ -5,6 +5,7 @@
 #include <xxhash.h>
 
 #include "../backend.h"
+#include "internal.h"
 
 namespace nq {
 
@@ -148,22 +149,22 @@ extern "C" NQ_API nq_status nq_block_copy(nq_context *ctx, const nq_block *src, 
     if (memory != NQ_MEMORY_HOST && memory != NQ_MEMORY_CUDA && memory != NQ_MEMORY_HIP)
         return fail(NQ_ERR_INVALID_ARGUMENT, "memory is %d: not an nq_memory", (int)memory);
     if (dst && (uintptr_t)dst % 16) return fail(NQ_ERR_INVALID_ARGUMENT, "dst must be 16-byte aligned");
-#if defined(NQ_HAVE_GPU)
-    const bool gpu_ok = true;
-#else
-    const bool gpu_ok = false;
-#endif
-    if ((memory != NQ_MEMORY_HOST || src->memory != NQ_MEMORY_HOST) && !gpu_ok)
+    const BackendOps *dst_be = backend_for(memory), *src_be = backend_for(src->memory);
+    if ((memory != NQ_MEMORY_HOST || src->memory != NQ_MEMORY_HOST) && !have_device_backend())
         return fail(NQ_ERR_BACKEND_UNAVAILABLE, "device memory, but this library was built without a GPU backend");
-#if defined(NQ_HAVE_GPU)
-    if ((memory != NQ_MEMORY_HOST && memory != kGpuMemory) ||
-        (src->memory != NQ_MEMORY_HOST && src->memory != kGpuMemory))
-        return fail(NQ_ERR_BACKEND_UNAVAILABLE, "this library's GPU backend is %s", kGpuName);
+    if (!dst_be || !src_be) {
+        const BackendOps *dev = memory != NQ_MEMORY_HOST && dst_be ? dst_be : src_be;
+        if (!dev || dev->memory == NQ_MEMORY_HOST) dev = nullptr;
+        size_t nb = 0;
+        const BackendOps *const *all = backends_registered(&nb);
+        for (size_t i = 0; !dev && i < nb; ++i)
+            if (all[i]->memory != NQ_MEMORY_HOST) dev = all[i];
+        return fail(NQ_ERR_BACKEND_UNAVAILABLE, "this library's GPU backend is %s", dev->name);
+    }
     if (memory != NQ_MEMORY_HOST && src->memory != NQ_MEMORY_HOST && device != src->device)
         return fail(NQ_ERR_UNSUPPORTED, "copies between two devices are not supported (device %d to %d)", src->device,
                     device);
-    if (memory != NQ_MEMORY_HOST) NQ_TRY(gpu_device_check(device));
-#endif
+    if (memory != NQ_MEMORY_HOST && dst_be->device_check) NQ_TRY(dst_be->device_check(device));
     (void)stream;
     int64_t maxp = src->max_position;
     if (src->memory == NQ_MEMORY_HOST) {
@@ -178,14 +179,13 @@ extern "C" NQ_API nq_status nq_block_copy(nq_context *ctx, const nq_block *src, 
     if (memory == NQ_MEMORY_HOST && src->memory == NQ_MEMORY_HOST) {
         std::memcpy(b->data, src->data, n);
     } else {
-#if defined(NQ_HAVE_GPU)
-        nq_status st = gpu_copy(b->data, memory, src->data, src->memory, n,
-                                memory != NQ_MEMORY_HOST ? device : src->device, stream);
+        const BackendOps *dev = memory != NQ_MEMORY_HOST ? dst_be : src_be;
+        nq_status st = dev->copy(b->data, memory, src->data, src->memory, n,
+                                 memory != NQ_MEMORY_HOST ? device : src->device, stream);
         if (st != NQ_OK) {
             nq_block_free(b);
             return st;
         }
-#endif
     }
     *out = b;
     return NQ_OK;

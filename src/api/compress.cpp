@@ -6,19 +6,17 @@
 #include <vector>
 
 #include "../backend.h"
+#include "internal.h"
 #include "../core/hadamard.h"
 #include "../plan/bit_choice.h"
+#include "../plan/block_plan.h"
+#include "../format/block_rope.h"
 #include "fp_env.h"
 
 namespace nq {
 namespace {
 
-struct Plan {
-    LayerParams lp;
-    BlockHeader h;
-    BlockGeometry g;
-    bool evicting;
-};
+using Plan = BlockPlan;
 
 // Which backend a descriptor's memory selects (config.backend AUTO follows the memory).
 nq_status check_backend(const nq_context *ctx, nq_memory memory, const char *which) {
@@ -72,23 +70,15 @@ Plan make_plan(const nq_context *ctx, const nq_kv_desc &kv, const Positions &pos
     h.num_heads = (uint16_t)c.num_kv_heads;
     h.hadamard_block = (uint16_t)hadamard_block(c.head_dim);
     h.rope_mode = (uint8_t)c.rope.mode;
-    h.rope_pairing = (uint8_t)c.rope.pairing;
-    h.rope_scaling = (uint8_t)c.rope.scaling;
+    set_header_rope(h, ctx->rope);  // the context's spec (nq_context_create copied it from c.rope)
     h.src_dtype = (uint8_t)kv.dtype;
-    h.rotary_dims = (uint16_t)c.rope.rotary_dims;
     h.layer = kv.layer;
     h.tokens_in = T;
-    h.rope_original_max_position = c.rope.original_max_position;
-    h.theta = c.rope.theta;
-    h.factor = c.rope.factor;
-    h.low_freq_factor = c.rope.low_freq_factor;
-    h.high_freq_factor = c.rope.high_freq_factor;
-    h.beta_fast = c.rope.beta_fast;
-    h.beta_slow = c.rope.beta_slow;
-    h.attention_factor = c.rope.attention_factor;
     h.rope_seq_len = kv.rope_seq_len ? kv.rope_seq_len : (uint32_t)(positions[T - 1] + 1);
 
-    const uint32_t K = planned_kept(ctx, kv, p.lp, count_below(positions, T, p.lp.sink_tokens));
+    const uint32_t sinks = count_below(positions, T, p.lp.sink_tokens);
+    p.budget = evict_budget(p.lp, T, sinks);
+    const uint32_t K = planned_kept(ctx, kv, p.budget);
     p.evicting = K < T;
     h.tokens_kept = K;
     if (!p.evicting) {
@@ -171,7 +161,7 @@ nq_status compress_one(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_
     const int64_t *positions = fill_positions(kv, ws);
     if (!positions) return fail(NQ_ERR_BUFFER_TOO_SMALL, "workspace too small (positions)");
     Plan plan = make_plan(ctx, kv, positions, first_chunk, sc_in != nullptr);
-    const Backend &be = cpu_backend();
+    const BackendOps &be = *backend_for(NQ_MEMORY_HOST);
 
     const uint32_t *kept = nullptr;
     uint32_t rows = 1;
@@ -186,7 +176,7 @@ nq_status compress_one(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_
         if (!scores || !kept_w) return fail(NQ_ERR_BUFFER_TOO_SMALL, "workspace too small (scores)");
         NQ_TRY(be.scores(ctx, kv, &sc, positions, scores, ws));
         uint32_t K = 0;
-        NQ_TRY(select_tokens(ctx, kv, plan.lp, scores, positions, kept_w, &K, &rows, ws));
+        NQ_TRY(select_tokens(ctx, kv, plan.budget, scores, kept_w, &K, &rows, ws));
         if (K != plan.h.tokens_kept)
             return fail(NQ_ERR_INTERNAL, "selection kept %u tokens, planned %u", K, plan.h.tokens_kept);
         kept = kept_w;
@@ -220,8 +210,7 @@ struct ScratchGuard {
     ~ScratchGuard() { mem.release(p); }
 };
 
-#if defined(NQ_HAVE_GPU)
-// Host memory the GPU path keeps until its kernels are enqueued.
+// Host memory the device path keeps until its kernels are enqueued.
 struct HostScratch {
     const MemoryHooks &mem;
     std::vector<void *> ptrs;
@@ -235,18 +224,19 @@ struct HostScratch {
     }
 };
 
-// Plans one item of a GPU batch: validation, positions, the block (in device memory),
+// Plans one item of a device batch: validation, positions, the block (in device memory),
 // and which tokens to keep (selected here from host scores, or on the device).
-nq_status gpu_prepare(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_desc *sc_in, const nq_buffer *dst,
-                      bool first_chunk, HostScratch &scratch, nq_kv_desc &kv, GpuItem &gi, nq_block **out) {
+nq_status device_prepare(nq_context *ctx, const BackendOps &be, const nq_kv_desc *kv_in, const nq_score_desc *sc_in,
+                         const nq_buffer *dst, bool first_chunk, HostScratch &scratch, nq_kv_desc &kv, BatchItem &gi,
+                         nq_block **out) {
     *out = nullptr;
     if (!kv_in) return fail(NQ_ERR_INVALID_ARGUMENT, "kv is NULL");
     nq_kv_desc_init(&kv);
     NQ_TRY(copy_sized(kv_in, &kv, "nq_kv_desc"));
     NQ_TRY(validate_kv(ctx, kv, false, "kv"));
     NQ_TRY(check_backend(ctx, kv.memory, "kv"));
-    if (kv.memory != kGpuMemory)
-        return fail(NQ_ERR_INVALID_ARGUMENT, "kv.memory is not %s memory: one batch holds one kind of memory", kGpuName);
+    if (kv.memory != be.memory)
+        return fail(NQ_ERR_INVALID_ARGUMENT, "kv.memory is not %s memory: one batch holds one kind of memory", be.name);
     const uint32_t T = kv.num_tokens, H = ctx->cfg.num_kv_heads;
     int64_t *positions = static_cast<int64_t *>(scratch.take((size_t)T * 8));
     if (!positions) return fail(NQ_ERR_OUT_OF_MEMORY, "allocating positions failed");
@@ -274,14 +264,14 @@ nq_status gpu_prepare(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_d
                     scores[(size_t)h * T + t] =
                         sc.scores[(int64_t)h * sc.score_stride_head + (int64_t)t * sc.score_stride_token];
             uint32_t K = 0;
-            NQ_TRY(select_tokens(ctx, kv, plan.lp, scores, positions, kept_w, &K, &rows, ws));
+            NQ_TRY(select_tokens(ctx, kv, plan.budget, scores, kept_w, &K, &rows, ws));
             if (K != plan.h.tokens_kept)
                 return fail(NQ_ERR_INTERNAL, "selection kept %u tokens, planned %u", K, plan.h.tokens_kept);
             kept = kept_w;
         } else if (sc.kind == NQ_SCORES_QUERIES && sc.memory == NQ_MEMORY_HOST) {
             return fail(NQ_ERR_UNSUPPORTED,
                         "scores.queries in host memory with K/V in %s memory: pass the queries in device memory",
-                        kGpuName);
+                        be.name);
         } else {
             if (sc.kind == NQ_SCORES_QUERIES && !sc.query_positions && sc.num_queries > T)
                 return fail(NQ_ERR_INVALID_ARGUMENT,
@@ -290,14 +280,11 @@ nq_status gpu_prepare(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_d
             if (ctx->cfg.evict_mode == NQ_EVICT_PAGED)
                 return fail(NQ_ERR_UNSUPPORTED,
                             "config.evict_mode PAGED with device-side scores: pass the scores in host memory");
-            // The budget of select_tokens: sinks (positions < sink_tokens), the recent
-            // window, and the rest of the planned tokens from the candidates between.
-            uint32_t sinks = 0;
-            while (sinks < T && positions[sinks] < (int64_t)plan.lp.sink_tokens) ++sinks;
-            const uint32_t window = std::min<uint32_t>(plan.lp.recent_window, T - sinks);
-            gi.sel_lo = sinks;
-            gi.sel_hi = T - window;
-            gi.sel_m = plan.h.tokens_kept - sinks - window;
+            // The plan's budget, as select_tokens keeps it: sinks, the recent window,
+            // and the rest of the planned tokens from the candidates between.
+            gi.sel_lo = plan.budget.sinks;
+            gi.sel_hi = T - plan.budget.window;
+            gi.sel_m = plan.h.tokens_kept - plan.budget.sinks - plan.budget.window;
             gi.sel_rows = ctx->cfg.evict_mode == NQ_EVICT_PER_HEAD ? H : 1;
         }
     }
@@ -309,7 +296,7 @@ nq_status gpu_prepare(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_d
         if ((uintptr_t)dst->data % 16) return fail(NQ_ERR_INVALID_ARGUMENT, "dst.data must be 16-byte aligned");
     }
     nq_block *blk = nullptr;
-    NQ_TRY(block_create_in(ctx->mem, plan.h, kGpuMemory, kv.device, dst ? dst->data : nullptr, dst ? dst->capacity : 0,
+    NQ_TRY(block_create_in(ctx->mem, plan.h, be.memory, kv.device, dst ? dst->data : nullptr, dst ? dst->capacity : 0,
                            &blk));
     blk->max_position = positions[T - 1];
     gi.job = EncodeJob{&kv, &blk->h, &blk->g, positions, kept, rows, blk->data};
@@ -317,20 +304,19 @@ nq_status gpu_prepare(nq_context *ctx, const nq_kv_desc *kv_in, const nq_score_d
     return NQ_OK;
 }
 
-// A batch whose K/V live in GPU memory: every item planned on the host, one upload of
-// the descriptors, one selection launch (if any item evicts by device scores), one
-// compress launch, all on `stream`.
-nq_status gpu_batch(nq_context *ctx, const nq_kv_desc *items, const nq_score_desc *scores, size_t n,
+// A batch whose K/V live in device memory: every item planned on the host, then one
+// submission of the whole batch to the backend (BackendOps::compress) on `stream`.
+nq_status device_batch(nq_context *ctx, const BackendOps &be, const nq_kv_desc *items, const nq_score_desc *scores, size_t n,
                     const nq_buffer *dst, void *workspace, size_t workspace_bytes, void *stream, bool first_chunk,
                     nq_block **out, nq_status *item_status) {
     HostScratch scratch{ctx->mem, {}};
     std::vector<nq_kv_desc> kvs(n);
-    std::vector<GpuItem> gis(n);
+    std::vector<BatchItem> gis(n);
     std::vector<size_t> live;
     nq_status first = NQ_OK;
     char first_msg[512] = "";
     for (size_t i = 0; i < n; ++i) {
-        nq_status st = gpu_prepare(ctx, &items[i], scores ? &scores[i] : nullptr, dst ? &dst[i] : nullptr, first_chunk,
+        nq_status st = device_prepare(ctx, be, &items[i], scores ? &scores[i] : nullptr, dst ? &dst[i] : nullptr, first_chunk,
                                    scratch, kvs[i], gis[i], &out[i]);
         if (item_status) item_status[i] = st;
         if (st == NQ_OK) {
@@ -345,7 +331,7 @@ nq_status gpu_batch(nq_context *ctx, const nq_kv_desc *items, const nq_score_des
     }
     nq_status st = NQ_OK;
     if (!live.empty()) {
-        std::vector<GpuItem> run;
+        std::vector<BatchItem> run;
         std::vector<nq_kv_desc> run_kv;
         for (size_t i : live) {
             run.push_back(gis[i]);
@@ -354,16 +340,16 @@ nq_status gpu_batch(nq_context *ctx, const nq_kv_desc *items, const nq_score_des
         void *owned = nullptr;
         const int32_t device = run_kv[0].device;
         if (!workspace) {
-            workspace_bytes = gpu_workspace_bound(ctx, run_kv.data(), run_kv.size());
-            owned = ctx->mem.alloc(workspace_bytes, 256, kGpuMemory, device);
+            workspace_bytes = be.workspace_bound(ctx, run_kv.data(), run_kv.size());
+            owned = ctx->mem.alloc(workspace_bytes, be.workspace_align, be.memory, device);
             if (!owned)
                 st = fail(NQ_ERR_OUT_OF_MEMORY, "allocating %zu bytes of device workspace failed", workspace_bytes);
             workspace = owned;
         }
-        if (st == NQ_OK) st = gpu_compress(ctx, run.data(), run.size(), workspace, workspace_bytes, stream);
+        if (st == NQ_OK) st = be.compress(ctx, run.data(), run.size(), workspace, workspace_bytes, stream);
         // Released after the work is enqueued: the allocator's free must not hand the
         // memory to other work before the stream has passed it (cudaFree waits).
-        if (owned) ctx->mem.release(owned, kGpuMemory, device);
+        if (owned) ctx->mem.release(owned, be.memory, device);
         if (st != NQ_OK) {
             char msg[512];
             std::snprintf(msg, sizeof msg, "%s", nq_last_error());
@@ -382,9 +368,7 @@ nq_status gpu_batch(nq_context *ctx, const nq_kv_desc *items, const nq_score_des
     clear_error();
     return NQ_OK;
 }
-#endif
 
-#if defined(NQ_HAVE_GPU)
 // The memory kind of a caller's descriptor (read without copying the whole struct).
 nq_memory memory_of(const nq_kv_desc *kv) {
     size_t sz;
@@ -392,7 +376,16 @@ nq_memory memory_of(const nq_kv_desc *kv) {
     if (sz < offsetof(nq_kv_desc, memory) + sizeof(nq_memory)) return NQ_MEMORY_HOST;
     return kv->memory;
 }
-#endif
+
+// The backend of a batch whose K/V are in device memory and that compresses whole
+// batches (BackendOps::compress); NULL for host memory or a memory kind without a
+// backend (validation then names it).
+const BackendOps *batch_backend(const nq_kv_desc *kv) {
+    const nq_memory m = memory_of(kv);
+    if (m == NQ_MEMORY_HOST) return nullptr;
+    const BackendOps *be = backend_for(m);
+    return be && be->compress ? be : nullptr;
+}
 
 // A caller's array of size-tagged structs is laid out with the caller's sizeof, which
 // its first element's `size` tells: smaller for a caller built against an older header,
@@ -455,10 +448,8 @@ nq_status compress_chunk(nq_context *ctx, const nq_kv_desc *kv, const nq_score_d
     size_t sz;
     std::memcpy(&sz, kv, sizeof sz);
     NQ_TRY(check_struct_size("nq_kv_desc", sz, sizeof(nq_kv_desc), false));
-#if defined(NQ_HAVE_GPU)
-    if (memory_of(kv) == kGpuMemory)
-        return gpu_batch(ctx, kv, sc, 1, nullptr, nullptr, 0, stream, first_chunk, out, nullptr);
-#endif
+    if (const BackendOps *be = batch_backend(kv))
+        return device_batch(ctx, *be, kv, sc, 1, nullptr, nullptr, 0, stream, first_chunk, out, nullptr);
     Workspace ws;
     ws.cap = item_workspace(ctx, kv->num_tokens);
     ws.base = static_cast<uint8_t *>(ctx->mem.alloc(ws.cap, 64));
@@ -501,12 +492,10 @@ extern "C" NQ_API nq_status nq_workspace_size(const nq_context *ctx, const nq_kv
     SizedArray<nq_kv_desc> item_array(ctx->mem);
     NQ_TRY(load_sized_array(items, n, offsetof(nq_kv_desc, k), nq_kv_desc_init, "items", "nq_kv_desc", item_array));
     items = item_array.data;
-#if defined(NQ_HAVE_GPU)
-    if (n && memory_of(items) == kGpuMemory) {
-        *bytes = gpu_workspace_bound(ctx, items, n);
+    if (const BackendOps *be = n ? batch_backend(items) : nullptr) {
+        *bytes = be->workspace_bound(ctx, items, n);
         return NQ_OK;
     }
-#endif
     size_t mx = 0;
     for (size_t i = 0; i < n; ++i) mx = std::max(mx, item_workspace(ctx, items[i].num_tokens));
     // A caller's workspace needs only byte alignment: its start is rounded up to the
@@ -544,12 +533,10 @@ nq_status compress_batch(nq_context *ctx, const nq_kv_desc *items, const nq_scor
     SizedArray<nq_score_desc> score_array(ctx->mem);
     NQ_TRY(load_sized_array(scores, n, sizeof(size_t), nq_score_desc_init, "scores", "nq_score_desc", score_array));
     scores = score_array.data;
-#if defined(NQ_HAVE_GPU)
-    if (n && memory_of(items) == kGpuMemory) {
+    if (const BackendOps *be = n ? batch_backend(items) : nullptr) {
         *per_item = true;
-        return gpu_batch(ctx, items, scores, n, dst, workspace, workspace_bytes, stream, true, out, item_status);
+        return device_batch(ctx, *be, items, scores, n, dst, workspace, workspace_bytes, stream, true, out, item_status);
     }
-#endif
     Workspace ws;
     void *owned = nullptr;
     if (workspace) {

@@ -3,23 +3,21 @@
 #include <cstdlib>
 #include <new>
 
-#include "../../backends/cpu/cpu_dispatch.h"
-#include "../../backends/cpu/thread_pool.h"
+#include "../core/codecs.h"
 #include "../core/hadamard.h"
 #include "../backend.h"
-#include "presets.h"
+#include "internal.h"
+#include "../plan/presets.h"
 
 namespace nq {
 
 namespace {
 
 void *default_alloc(void *, size_t bytes, size_t align, nq_memory mem, int32_t dev) {
-#if defined(NQ_HAVE_GPU)
-    if (mem == kGpuMemory) return gpu_alloc(bytes, dev);  // cudaMalloc / hipMalloc
-#else
-    (void)dev;
-#endif
-    if (mem != NQ_MEMORY_HOST) return nullptr;
+    if (mem != NQ_MEMORY_HOST) {
+        const BackendOps *be = backend_for(mem);
+        return be && be->alloc ? be->alloc(bytes, align, dev) : nullptr;  // cudaMalloc / hipMalloc
+    }
     if (align < sizeof(void *)) align = sizeof(void *);
     void *p = nullptr;
     if (posix_memalign(&p, align, bytes ? bytes : 1) != 0) return nullptr;
@@ -27,12 +25,11 @@ void *default_alloc(void *, size_t bytes, size_t align, nq_memory mem, int32_t d
 }
 
 void default_free(void *, void *p, nq_memory mem, int32_t dev) {
-#if defined(NQ_HAVE_GPU)
-    if (mem == kGpuMemory) return gpu_free(p, dev);
-#else
-    (void)mem;
-    (void)dev;
-#endif
+    if (mem != NQ_MEMORY_HOST) {
+        const BackendOps *be = backend_for(mem);
+        if (be && be->free) be->free(p, dev);
+        return;
+    }
     std::free(p);
 }
 
@@ -73,7 +70,7 @@ LayerParams layer_params(const nq_context *ctx, uint32_t layer) {
 namespace {
 
 nq_status validate_config(nq_config &c) {
-    if (c.head_dim < 8 || c.head_dim > 512 || c.head_dim % 8)
+    if (!head_dim_supported(c.head_dim))
         return fail(NQ_ERR_UNSUPPORTED, "config.head_dim is %u: must be a multiple of 8 in 8..512", c.head_dim);
     if (c.num_kv_heads < 1 || c.num_kv_heads > 4096)
         return fail(NQ_ERR_INVALID_ARGUMENT, "config.num_kv_heads is %u: must be in 1..4096", c.num_kv_heads);
@@ -83,7 +80,7 @@ nq_status validate_config(nq_config &c) {
                     c.num_q_heads, c.num_kv_heads);
     if (c.preset < NQ_PRESET_CUSTOM || c.preset > NQ_PRESET_XL)
         return fail(NQ_ERR_INVALID_ARGUMENT, "config.preset is %d: not a preset", (int)c.preset);
-    if (c.codec != NQ_CODEC_E8 && c.codec != NQ_CODEC_SCALAR)
+    if (!codec_traits((uint32_t)c.codec))
         return fail(NQ_ERR_INVALID_ARGUMENT, "config.codec is %d: not NQ_CODEC_E8 or NQ_CODEC_SCALAR", (int)c.codec);
     if (c.k_bits > 8) return fail(NQ_ERR_UNSUPPORTED, "config.k_bits is %u: must be 1..8 (0 = preset)", c.k_bits);
     if (c.v_bits > 8) return fail(NQ_ERR_UNSUPPORTED, "config.v_bits is %u: must be 1..8 (0 = preset)", c.v_bits);
@@ -147,6 +144,18 @@ nq_status validate_config(nq_config &c) {
     if (c.archive_zstd_level > 19)
         return fail(NQ_ERR_INVALID_ARGUMENT, "config.archive_zstd_level is %d: at most 19", c.archive_zstd_level);
     return NQ_OK;
+}
+
+// Releases what every backend keeps for the context (the CPU's thread pool, a GPU
+// backend's RoPE tables), in reverse order of creation.
+void release_backend_states(nq_context *ctx) {
+    size_t nb = 0;
+    const BackendOps *const *backends = backends_registered(&nb);
+    for (size_t i = nb; i-- > 0;) {
+        void *&st = backend_state(ctx, backends[i]->memory);
+        if (backends[i]->state_release) backends[i]->state_release(ctx, st);
+        st = nullptr;
+    }
 }
 
 // Expands preset / target ratio into concrete values; explicit fields win.
@@ -230,15 +239,11 @@ extern "C" NQ_API nq_status nq_context_create(const nq_config *cfg, nq_context *
     NQ_TRY(copy_sized(cfg, &c, "nq_config"));
     NQ_TRY(validate_config(c));
     if (c.backend == NQ_BACKEND_CUDA || c.backend == NQ_BACKEND_HIP) {
-#if defined(NQ_HAVE_GPU)
-        const nq_backend built = kGpuMemory == NQ_MEMORY_HIP ? NQ_BACKEND_HIP : NQ_BACKEND_CUDA;
-        if (c.backend != built)
-#endif
+        const BackendOps *be = backend_for_kind(c.backend);
+        if (!be)
             return fail(NQ_ERR_BACKEND_UNAVAILABLE, "config.backend asks for %s, but this library was built without it",
                         c.backend == NQ_BACKEND_CUDA ? "CUDA" : "HIP");
-#if defined(NQ_HAVE_GPU)
-        NQ_TRY(gpu_device_check(c.device));
-#endif
+        if (be->device_check) NQ_TRY(be->device_check(c.device));
     }
     const BitPolicy bits = bit_policy(c);  // before resolve_config fills k_bits/v_bits
     resolve_config(c);
@@ -261,18 +266,23 @@ extern "C" NQ_API nq_status nq_context_create(const nq_config *cfg, nq_context *
     c.overrides = ctx->overrides;
     ctx->cfg = c;
     ctx->backend = c.backend == NQ_BACKEND_AUTO ? NQ_BACKEND_CPU : c.backend;
-    ctx->gpu = nullptr;
+    for (int i = 0; i < kMemoryKinds; ++i) ctx->backend_state[i] = nullptr;
     ctx->adaptive_bits = bits.adaptive;
     ctx->bits_extra = bits.extra;
     ctx->bits_target = bits.target;
     ctx->bits_floor = bits.floor;
-    ctx->isa = cpu_isa_resolve(c.cpu_isa, std::getenv("NQ_CPU_ISA"));
-    ctx->pool = nullptr;
-    if (nq_status st = thread_pool_create(mem, c.num_threads, &ctx->pool); st != NQ_OK) {
-        mem.release(ctx->overrides);
-        ctx->~nq_context();
-        mem.release(p);
-        return st;
+    size_t nb = 0;
+    const BackendOps *const *backends = backends_registered(&nb);
+    for (size_t i = 0; i < nb; ++i) {
+        if (!backends[i]->state_create) continue;
+        nq_status st = backends[i]->state_create(ctx, &backend_state(ctx, backends[i]->memory));
+        if (st != NQ_OK) {
+            release_backend_states(ctx);
+            mem.release(ctx->overrides);
+            ctx->~nq_context();
+            mem.release(p);
+            return st;
+        }
     }
     RopeSpec &r = ctx->rope;
     r.pairing = (uint8_t)c.rope.pairing;
@@ -293,10 +303,7 @@ extern "C" NQ_API nq_status nq_context_create(const nq_config *cfg, nq_context *
 extern "C" NQ_API void nq_context_free(nq_context *ctx) {
     if (!ctx) return;
     MemoryHooks mem = ctx->mem;
-    thread_pool_free(ctx->pool);
-#if defined(NQ_HAVE_GPU)
-    gpu_context_release(ctx);
-#endif
+    release_backend_states(ctx);
     mem.release(ctx->overrides);
     ctx->~nq_context();
     mem.release(ctx);
@@ -327,11 +334,7 @@ extern "C" NQ_API nq_status nq_context_layer_params(const nq_context *ctx, uint3
 
 extern "C" NQ_API const char *nq_context_cpu_isa(const nq_context *ctx) {
     if (!ctx) return "none";
-    switch (ctx->isa) {
-    case NQ_ISA_AVX512: return "avx512";
-    case NQ_ISA_AVX2: return "avx2";
-    default: return "scalar";
-    }
+    return backend_for(NQ_MEMORY_HOST)->variant(ctx);
 }
 
 extern "C" NQ_API nq_backend nq_context_backend(const nq_context *ctx) { return ctx ? ctx->backend : NQ_BACKEND_AUTO; }

@@ -1,5 +1,6 @@
 // Decoding a block or a token range of it into the engine's layout.
 #include "../backend.h"
+#include "internal.h"
 #include "fp_env.h"
 
 namespace nq {
@@ -18,17 +19,15 @@ nq_status decode_range(nq_context *ctx, const nq_block *blk, uint32_t begin, uin
     if (out.num_tokens != end - begin)
         return fail(NQ_ERR_INVALID_ARGUMENT, "out.num_tokens is %u but the range [%u, %u) has %u tokens", out.num_tokens,
                     begin, end, end - begin);
-    if (blk->h.head_dim != ctx->cfg.head_dim || blk->h.num_heads != ctx->cfg.num_kv_heads)
+    if (!shape_matches(ctx, blk->h))
         return fail(NQ_ERR_INVALID_ARGUMENT,
                     "the block has %u heads of dim %u, the context %u heads of dim %u: use a matching context",
                     (unsigned)blk->h.num_heads, (unsigned)blk->h.head_dim, ctx->cfg.num_kv_heads, ctx->cfg.head_dim);
-#if defined(NQ_HAVE_GPU)
-    if (blk->memory != NQ_MEMORY_HOST && blk->memory != kGpuMemory)
-        return fail(NQ_ERR_BACKEND_UNAVAILABLE, "the block is in device memory of a backend this library lacks");
-#else
-    if (blk->memory != NQ_MEMORY_HOST)
-        return fail(NQ_ERR_BACKEND_UNAVAILABLE, "the block is in device memory and this library has no GPU backend");
-#endif
+    const BackendOps *be = backend_for(blk->memory);
+    if (!be)
+        return fail(NQ_ERR_BACKEND_UNAVAILABLE, "%s",
+                    have_device_backend() ? "the block is in device memory of a backend this library lacks"
+                                          : "the block is in device memory and this library has no GPU backend");
     if (end == begin) return NQ_OK;
     NQ_TRY(validate_kv(ctx, out, true, "out"));
     NQ_TRY(validate_outputs_disjoint(ctx, out, "out"));
@@ -40,10 +39,7 @@ nq_status decode_range(nq_context *ctx, const nq_block *blk, uint32_t begin, uin
         return fail(NQ_ERR_INVALID_ARGUMENT, "out.memory is device memory but config.backend is CPU");
     if ((ctx->cfg.backend == NQ_BACKEND_CUDA || ctx->cfg.backend == NQ_BACKEND_HIP) && out.memory == NQ_MEMORY_HOST)
         return fail(NQ_ERR_INVALID_ARGUMENT, "out.memory is HOST but config.backend is a GPU backend");
-#if defined(NQ_HAVE_GPU)
-    if (out.memory == kGpuMemory) return gpu_decode(ctx, *blk, begin, end, out, stream);
-#endif
-    return cpu_backend().decode(ctx, *blk, begin, end, out, stream);
+    return be->decode(ctx, *blk, begin, end, out, stream);
 }
 
 }  // namespace nq

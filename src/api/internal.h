@@ -1,62 +1,13 @@
-// The objects behind the opaque handles, and helpers shared by the API files.
+// The handles' objects (src/context.h), the sequence handle, and helpers shared by the
+// API files.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
-#include "../core/format.h"
-#include "../core/rope.h"
+#include "../context.h"
 #include "error.h"
 #include "nexusquant.h"
-
-namespace nq {
-
-// Resolved per-layer parameters.
-struct LayerParams {
-    uint32_t k_bits, v_bits;
-    float evict_fraction;
-    uint32_t sink_tokens, recent_window, fp16_sinks, fp16_window;
-    bool adaptive = false;  // bits chosen per block from the data (src/plan/bit_choice.h)
-};
-
-struct MemoryHooks {
-    nq_allocator a;
-    void *alloc(size_t bytes, size_t align, nq_memory mem = NQ_MEMORY_HOST, int32_t dev = 0) const;
-    void release(void *p, nq_memory mem = NQ_MEMORY_HOST, int32_t dev = 0) const;
-};
-
-struct ThreadPool;  // backends/cpu/thread_pool.h
-
-}  // namespace nq
-
-struct nq_context {
-    nq_config cfg;                    // resolved copy (overrides points into `overrides`)
-    nq_layer_override *overrides;     // owned copy
-    nq::MemoryHooks mem;
-    nq::RopeSpec rope;
-    nq_backend backend;
-    nq_cpu_isa isa;                   // the CPU backend's instruction set (after caps)
-    nq::ThreadPool *pool;             // num_threads - 1 CPU workers; NULL when num_threads <= 1
-    void *gpu;                        // GPU backend state (RoPE tables), created on first use
-    // Bits from the data (src/plan/bit_choice.h): set when neither k_bits nor v_bits was
-    // given and a preset or target ratio supplies them; layers whose override sets bits
-    // keep those.
-    bool adaptive_bits;
-    uint32_t bits_extra;              // bit_range's extra
-    float bits_target;                // distortion target
-    float bits_floor;                 // ratio floor
-};
-
-struct nq_block {
-    nq::BlockHeader h;
-    nq::BlockGeometry g;
-    uint8_t *data;      // resident image (h.total_bytes)
-    bool owns_data;
-    nq::MemoryHooks mem;
-    nq_memory memory;
-    int32_t device;
-    int64_t max_position;  // device blocks: no kept position exceeds it (-1: not known)
-};
 
 struct nq_sequence {
     nq_context *ctx;
@@ -107,8 +58,6 @@ template <class T> nq_status write_sized(const T &val, T *dst, const char *name)
     return NQ_OK;
 }
 
-LayerParams layer_params(const nq_context *ctx, uint32_t layer);
-
 uint32_t dtype_bytes(nq_dtype t);
 const char *dtype_name(nq_dtype t);
 
@@ -126,6 +75,12 @@ nq_status block_create(const MemoryHooks &mem, const BlockHeader &h, void *exter
 // The same with the image in `memory` of `device` (GPU blocks).
 nq_status block_create_in(const MemoryHooks &mem, const BlockHeader &h, nq_memory memory, int32_t device,
                           void *external, size_t external_cap, nq_block **out);
+
+// Whether a block's shape (heads, head_dim) is the context's: decode, deserialise and
+// attention read blocks of the context's shape only.
+inline bool shape_matches(const nq_context *ctx, const BlockHeader &h) {
+    return h.head_dim == ctx->cfg.head_dim && h.num_heads == ctx->cfg.num_kv_heads;
+}
 
 // Resident header for compressing kv with lp (tokens_kept etc. filled by the caller).
 BlockHeader base_header(const nq_context *ctx, const nq_kv_desc &kv);

@@ -3,6 +3,7 @@
 #include <new>
 
 #include "../backend.h"
+#include "internal.h"
 #include "fp_env.h"
 
 namespace nq {
@@ -123,7 +124,7 @@ extern "C" NQ_API nq_status nq_sequence_append_block(nq_sequence *s, nq_block *b
     clear_error();
     if (!s) return fail(NQ_ERR_INVALID_ARGUMENT, "seq is NULL");
     if (!b) return fail(NQ_ERR_INVALID_ARGUMENT, "blk is NULL");
-    if (b->h.head_dim != s->ctx->cfg.head_dim || b->h.num_heads != s->ctx->cfg.num_kv_heads)
+    if (!shape_matches(s->ctx, b->h))
         return fail(NQ_ERR_INVALID_ARGUMENT, "the block's heads/head_dim differ from the sequence's context");
     if (b->memory != NQ_MEMORY_HOST) return fail(NQ_ERR_UNSUPPORTED, "device blocks cannot join a host sequence");
     if (block_first_position(*b) <= s->last_position)

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "../backend.h"
+#include "internal.h"
 
 namespace nq {
 
@@ -29,14 +30,10 @@ const char *dtype_name(nq_dtype t) {
 
 namespace {
 
-// Memory of the GPU backend this library was built with.
+// Device memory of a backend this library holds.
 bool gpu_memory(nq_memory m) {
-#if defined(NQ_HAVE_GPU)
-    return m == kGpuMemory;
-#else
-    (void)m;
-    return false;
-#endif
+    const BackendOps *be = m != NQ_MEMORY_HOST ? backend_for(m) : nullptr;
+    return be != nullptr;
 }
 
 struct Axis {
@@ -231,9 +228,8 @@ nq_status validate_kv(const nq_context *ctx, const nq_kv_desc &kv, bool is_outpu
     if (!eb)
         return fail(NQ_ERR_UNSUPPORTED, "%s.dtype is %d: supported are NQ_DTYPE_F16, NQ_DTYPE_BF16, NQ_DTYPE_F32", which,
                     (int)kv.dtype);
-#if defined(NQ_HAVE_GPU)
-    if (kv.memory == kGpuMemory) NQ_TRY(gpu_device_check(kv.device));
-#endif
+    if (gpu_memory(kv.memory) && backend_for(kv.memory)->device_check)
+        NQ_TRY(backend_for(kv.memory)->device_check(kv.device));
     if (kv.memory != NQ_MEMORY_HOST && !gpu_memory(kv.memory)) {
         if (kv.memory == NQ_MEMORY_CUDA || kv.memory == NQ_MEMORY_HIP)
             return fail(NQ_ERR_BACKEND_UNAVAILABLE, "%s.memory is %s, but this library was built without that backend",

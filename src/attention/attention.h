@@ -36,16 +36,4 @@ struct AttentionCall {
 size_t cpu_attention_workspace_bytes(const nq_context *ctx, const AttentionCall &call);
 nq_status cpu_attention(const nq_context *ctx, const AttentionCall &call, void *workspace);
 
-#if defined(NQ_HAVE_GPU)
-// GPU backend (backends/cuda, HIP from the same source): one launch on `stream` (plus a
-// memset of the split counters when num_splits > 1). num_splits is 1..kMaxAttentionSplits.
-constexpr uint32_t kMaxAttentionSplits = 128;
-size_t gpu_attention_workspace_bytes(const nq_context *ctx, const AttentionCall &call);
-nq_status gpu_attention(nq_context *ctx, const AttentionCall &call, void *workspace, void *stream);
-// Splits per (sequence, KV head) that fill the current device: about four CTAs per
-// multiprocessor over num_seqs x kv_heads, at least 1. A function of its arguments and
-// the device only, so a captured graph keeps its grid.
-uint32_t gpu_attention_splits(const nq_context *ctx, uint32_t num_seqs, uint32_t kv_heads);
-#endif
-
 }  // namespace nq

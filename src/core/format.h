@@ -24,6 +24,10 @@ constexpr uint16_t kFormatVersion = 1;
 constexpr uint32_t kHeaderBytes = 128;
 constexpr uint32_t kSectionAlign = 16;
 
+// The head dimensions a block holds: whole groups of 8 (one E8 point), at most 512.
+constexpr uint32_t kHeadDimGroup = 8, kHeadDimLimit = 512;
+constexpr bool head_dim_supported(uint32_t d) { return d >= kHeadDimGroup && d <= kHeadDimLimit && d % kHeadDimGroup == 0; }
+
 enum BlockFlags : uint32_t {
     kFlagPositionsPerHead = 1u << 0,
     kFlagPositionsContiguous = 1u << 1,

@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "../../backends/cpu/kv_access.h"
+#include "../core/kv_access.h"
 #include "../backend.h"
 #include "../core/nq_expf.h"
 #include "../core/vector_codec.h"

@@ -10,6 +10,7 @@
 
 #include "api/internal.h"
 #include "attention/attention.h"
+#include "../../backends/cuda/gpu_backend.h"
 
 using namespace nqt;
 

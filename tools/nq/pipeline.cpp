@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "core/codecs.h"
+
 namespace nqcli {
 
 std::vector<OptSpec> pipeline_specs() {
@@ -12,8 +14,7 @@ std::vector<OptSpec> pipeline_specs() {
 }
 
 namespace {
-template <class T>
-T pick(const Args &a, const char *name, T def, std::initializer_list<std::pair<const char *, T>> choices) {
+template <class T, class Choices> T pick_from(const Args &a, const char *name, T def, const Choices &choices) {
     if (!a.has(name)) return def;
     std::string v = a.str(name), all;
     for (const auto &c : choices) {
@@ -21,6 +22,10 @@ T pick(const Args &a, const char *name, T def, std::initializer_list<std::pair<c
         all += (all.empty() ? "" : ", ") + std::string(c.first);
     }
     throw CliError(std::string("--") + name + " '" + v + "': must be one of " + all);
+}
+template <class T>
+T pick(const Args &a, const char *name, T def, std::initializer_list<std::pair<const char *, T>> choices) {
+    return pick_from(a, name, def, choices);
 }
 }  // namespace
 
@@ -37,7 +42,9 @@ PipelineOptions parse_pipeline(const Args &a) {
                                        {{"per-head", NQ_EVICT_PER_HEAD}, {"shared", NQ_EVICT_HEAD_SHARED},
                                         {"paged", NQ_EVICT_PAGED}});
     o.page_size = (uint32_t)a.u64("page-size", 0, 1, 1u << 20);
-    o.codec = pick<nq_codec>(a, "codec", NQ_CODEC_E8, {{"e8", NQ_CODEC_E8}, {"scalar", NQ_CODEC_SCALAR}});
+    std::vector<std::pair<const char *, nq_codec>> codecs;  // the codec table's names
+    for (const nq::CodecTraits &t : nq::kCodecTable) codecs.push_back({t.name, (nq_codec)t.id});
+    o.codec = pick_from<nq_codec>(a, "codec", NQ_CODEC_E8, codecs);
     o.rope = pick<nq_rope_mode>(a, "rope", NQ_ROPE_NONE,
                                 {{"none", NQ_ROPE_NONE}, {"remove", NQ_ROPE_REMOVE}, {"keep", NQ_ROPE_KEEP}});
     o.pairing = pick<nq_rope_pairing>(a, "rope-pairing", NQ_ROPE_SPLIT_HALF,
@@ -138,22 +145,19 @@ nq_block_info block_info(const nq_block *blk) {
 
 ArchivePeek peek_archive(const uint8_t *p, size_t len) {
     ArchivePeek pk;
-    // archive prefix (16 bytes) + resident header: head_dim at 16, num_heads at 18, layer at 28
-    if (len < 16 + 128 || std::memcmp(p, "NQKA", 4) != 0 || std::memcmp(p + 16, "NQKB", 4) != 0) return pk;
-    auto u16 = [&](size_t o) { return (uint32_t)p[o] | (uint32_t)p[o + 1] << 8; };
-    pk.head_dim = u16(16 + 16);
-    pk.heads = u16(16 + 18);
-    pk.layer = u16(16 + 28) | u16(16 + 30) << 16;
+    nq_block_peek_info info{};
+    info.size = sizeof info;
+    if (nq_block_peek(p, len, &info) != NQ_OK || !info.is_archive) return pk;
+    pk.head_dim = info.head_dim;
+    pk.heads = info.num_heads;
+    pk.layer = info.layer;
     pk.ok = true;
     return pk;
 }
 
 const char *codec_name(nq_codec c) {
-    switch (c) {
-    case NQ_CODEC_E8: return "e8";
-    case NQ_CODEC_SCALAR: return "scalar";
-    }
-    return "unknown";
+    const nq::CodecTraits *t = nq::codec_traits((uint32_t)c);
+    return t ? t->name : "unknown";
 }
 
 const char *evict_mode_name(nq_evict_mode m) {

@@ -53,8 +53,8 @@ BlockPtr compress_layer(nq_context *ctx, const KvData &kv, uint32_t l);
 std::vector<uint8_t> serialize_block(nq_context *ctx, const nq_block *blk);
 nq_block_info block_info(const nq_block *blk);
 
-// Header fields of an archive read straight from its bytes (docs/FORMAT.md, 2. and
-// 1.1), to build a matching context before nq_block_deserialize checks everything.
+// Header fields of an archive (nq_block_peek), to build a matching context before
+// nq_block_deserialize checks everything.
 struct ArchivePeek {
     bool ok = false;
     uint32_t head_dim = 0, heads = 0, layer = 0;

@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "core/format.h"
 #include "core/hadamard.h"
 #include "core/rope.h"
 #include "core/vector_codec.h"
@@ -34,7 +35,7 @@ volatile float g_sink;
 std::vector<StageResult> stage_bench(const KvData &kv, const PipelineOptions &opt, uint32_t bits, uint32_t repeat,
                                      double min_seconds) {
     const uint32_t D = kv.head_dim, H = kv.heads;
-    if (D > nq::kMaxHeadDim || D % 8) return {};
+    if (!nq::head_dim_supported(D)) return {};
     // At most 64Ki vectors: enough to leave the caches, short enough to repeat.
     const uint32_t T = std::min<uint32_t>(kv.tokens, std::max<uint32_t>(1u, 65536u / H));
     const size_t N = (size_t)H * T;

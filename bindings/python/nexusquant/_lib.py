@@ -94,6 +94,14 @@ class BlockInfo(ctypes.Structure):
                 ("fp16_bytes", u64), ("padding_bytes", u64)]
 
 
+class BlockPeekInfo(ctypes.Structure):
+    _fields_ = [("size", size_t), ("is_archive", u32), ("header_valid", u32), ("layer", u32), ("num_heads", u32),
+                ("head_dim", u32), ("tokens_in", u32), ("tokens_kept", u32), ("k_bits", u32), ("v_bits", u32),
+                ("codec", c_int), ("evict_mode", c_int), ("rope_mode", c_int), ("fp16_sinks", u32),
+                ("fp16_window", u32), ("positions_per_head", u32), ("reserved0", u32), ("first_position", i64),
+                ("resident_bytes", u64), ("stored_bytes", u64)]
+
+
 class AttentionDesc(ctypes.Structure):
     _fields_ = [("size", size_t), ("memory", c_int), ("device", i32), ("num_seqs", u32), ("q_tokens", u32),
                 ("dtype", c_int), ("reserved0", u32), ("block_images", ctypes.POINTER(vp)),
@@ -105,7 +113,8 @@ class AttentionDesc(ctypes.Structure):
 
 STRUCTS = {"nq_rope": Rope, "nq_allocator": Allocator, "nq_layer_override": LayerOverride, "nq_config": Config,
            "nq_layer_params": LayerParams, "nq_layout": Layout, "nq_kv_desc": KvDesc, "nq_score_desc": ScoreDesc,
-           "nq_buffer": Buffer, "nq_block_info": BlockInfo, "nq_attention_desc": AttentionDesc}
+           "nq_buffer": Buffer, "nq_block_info": BlockInfo, "nq_block_peek_info": BlockPeekInfo,
+           "nq_attention_desc": AttentionDesc}
 
 P = ctypes.POINTER
 # name: (restype, argtypes)
@@ -135,6 +144,7 @@ FUNCTIONS = {
     "nq_decode_block": (c_int, [vp, vp, u32, u32, P(KvDesc), vp]),
     "nq_decode": (c_int, [vp, vp, u32, u32, P(KvDesc), vp]),
     "nq_block_get_info": (c_int, [vp, P(BlockInfo)]),
+    "nq_block_peek": (c_int, [vp, size_t, P(BlockPeekInfo)]),
     "nq_block_positions": (c_int, [vp, u32, u32, u32, P(i64)]),
     "nq_block_data": (c_int, [vp, P(vp), P(size_t)]),
     "nq_block_digest": (c_int, [vp, P(u64)]),

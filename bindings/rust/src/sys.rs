@@ -324,6 +324,28 @@ c_structs! {
         pub fp16_bytes: u64,
         pub padding_bytes: u64,
     }
+    pub struct nq_block_peek_info {
+        pub size: usize,
+        pub is_archive: u32,
+        pub header_valid: u32,
+        pub layer: u32,
+        pub num_heads: u32,
+        pub head_dim: u32,
+        pub tokens_in: u32,
+        pub tokens_kept: u32,
+        pub k_bits: u32,
+        pub v_bits: u32,
+        pub codec: nq_codec,
+        pub evict_mode: nq_evict_mode,
+        pub rope_mode: nq_rope_mode,
+        pub fp16_sinks: u32,
+        pub fp16_window: u32,
+        pub positions_per_head: u32,
+        pub reserved0: u32,
+        pub first_position: i64,
+        pub resident_bytes: u64,
+        pub stored_bytes: u64,
+    }
     pub struct nq_attention_desc {
         pub size: usize,
         pub memory: nq_memory,
@@ -413,6 +435,7 @@ c_functions! {
         stream: *mut c_void,
     ) -> nq_status;
     pub fn nq_block_get_info(blk: *const nq_block, out: *mut nq_block_info) -> nq_status;
+    pub fn nq_block_peek(bytes: *const c_void, len: usize, out: *mut nq_block_peek_info) -> nq_status;
     pub fn nq_block_positions(blk: *const nq_block, head: u32, token_begin: u32, token_end: u32, dst: *mut i64)
         -> nq_status;
     pub fn nq_block_data(blk: *const nq_block, data: *mut *const c_void, bytes: *mut usize) -> nq_status;

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "../../src/core/half.h"
+#include "half.h"
 #include "nexusquant.h"
 
 namespace nq {

@@ -1,8 +1,9 @@
-#include "format.h"
+#include "../core/format.h"
 
 #include <cstring>
 
-#include "hadamard.h"
+#include "../core/codecs.h"
+#include "../core/hadamard.h"
 
 namespace nq {
 namespace {
@@ -119,11 +120,12 @@ const char *header_validate(const BlockHeader &h) {
         return "header.flags: contiguous positions store no offsets";
     if ((h.flags & kFlagPositionsPerHead) && (h.flags & kFlagPositionsContiguous))
         return "header.flags: per-head positions cannot be contiguous";
-    if (h.codec != 1 && h.codec != 2) return "header.codec is not E8 (1) or scalar (2)";
-    if (h.k_bits < 1 || h.k_bits > 8) return "header.k_bits outside 1..8";
-    if (h.v_bits < 1 || h.v_bits > 8) return "header.v_bits outside 1..8";
+    const CodecTraits *codec = codec_traits(h.codec);
+    if (!codec) return "header.codec is not E8 (1) or scalar (2)";
+    if (!codec_bits_supported(*codec, h.k_bits)) return "header.k_bits outside 1..8";
+    if (!codec_bits_supported(*codec, h.v_bits)) return "header.v_bits outside 1..8";
     if (h.evict_mode < 1 || h.evict_mode > 3) return "header.evict_mode outside 1..3";
-    if (h.head_dim < 8 || h.head_dim > 512 || h.head_dim % 8) return "header.head_dim not a multiple of 8 in 8..512";
+    if (!head_dim_supported(h.head_dim)) return "header.head_dim not a multiple of 8 in 8..512";
     if (h.num_heads < 1 || h.num_heads > 4096) return "header.num_heads outside 1..4096";
     if (h.hadamard_block != hadamard_block(h.head_dim)) return "header.hadamard_block does not match head_dim";
     if (h.rope_mode > 2) return "header.rope_mode outside 0..2";

@@ -3,8 +3,8 @@
 #include <cctype>
 #include <cstring>
 
-#include "error.h"
-#include "fp_env.h"
+#include "../api/error.h"
+#include "../api/fp_env.h"
 
 namespace nq {
 namespace {

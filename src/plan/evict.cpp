@@ -6,16 +6,11 @@
 #include <cstring>
 
 #include "../backend.h"
+#include "../api/internal.h"
+#include "block_plan.h"
 
 namespace nq {
 namespace {
-
-struct Budget {
-    uint32_t sinks;   // tokens whose position < sink_tokens (a prefix)
-    uint32_t window;  // last tokens always kept
-    uint32_t keep;    // tokens per head to keep
-    bool evicting;
-};
 
 // floor(f * T) for f in [0, 1) in integer arithmetic: exact (a double product rounds
 // for T above 2^29) and independent of the caller's rounding mode.
@@ -30,8 +25,10 @@ uint32_t floor_fraction(float f, uint32_t T) {
     return shift >= 64 ? 0u : (uint32_t)((m * T) >> shift);
 }
 
-Budget budget(const LayerParams &lp, uint32_t T, uint32_t sinks) {
-    Budget b{};
+}  // namespace
+
+EvictBudget evict_budget(const LayerParams &lp, uint32_t T, uint32_t sinks) {
+    EvictBudget b{};
     b.sinks = sinks;
     b.window = std::min<uint32_t>(lp.recent_window, T - b.sinks);
     uint32_t evict = floor_fraction(lp.evict_fraction, T);
@@ -43,6 +40,8 @@ Budget budget(const LayerParams &lp, uint32_t T, uint32_t sinks) {
     return b;
 }
 
+namespace {
+
 uint32_t page_size_of(const nq_context *ctx, const nq_kv_desc &kv) {
     if (ctx->cfg.evict_page_size) return ctx->cfg.evict_page_size;
     if (kv.k_layout.kind == NQ_LAYOUT_PAGED) return kv.k_layout.page_size;
@@ -52,7 +51,7 @@ uint32_t page_size_of(const nq_context *ctx, const nq_kv_desc &kv) {
 // Pages [0, head_pages) and [tail_first, pages) are forced (sinks, window). The
 // partial last page is forced even without a window: only full pages are candidates,
 // which keeps the planned count exact (and the page means inside the T tokens).
-void forced_pages(const Budget &b, uint32_t T, uint32_t P, uint32_t *head_pages, uint32_t *tail_first) {
+void forced_pages(const EvictBudget &b, uint32_t T, uint32_t P, uint32_t *head_pages, uint32_t *tail_first) {
     *head_pages = b.sinks ? (b.sinks + P - 1) / P : 0;
     *tail_first = (T - b.window) / P;
     if (*tail_first < *head_pages) *tail_first = *head_pages;
@@ -77,9 +76,8 @@ void top_m(uint32_t *idx, uint32_t n, uint32_t m, const float *score) {
 
 }  // namespace
 
-uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, uint32_t sinks) {
+uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const EvictBudget &b) {
     const uint32_t T = kv.num_tokens;
-    Budget b = budget(lp, T, sinks);
     if (!b.evicting || ctx->cfg.evict_mode != NQ_EVICT_PAGED) return b.keep;
     const uint32_t P = page_size_of(ctx, kv);
     uint32_t hp, tf;
@@ -91,12 +89,9 @@ uint32_t planned_kept(const nq_context *ctx, const nq_kv_desc &kv, const LayerPa
     return forced + std::min(want, free_pages) * P;
 }
 
-nq_status select_tokens(const nq_context *ctx, const nq_kv_desc &kv, const LayerParams &lp, const float *scores,
-                        const int64_t *positions, uint32_t *kept, uint32_t *num_kept, uint32_t *rows, Workspace &ws) {
+nq_status select_tokens(const nq_context *ctx, const nq_kv_desc &kv, const EvictBudget &b, const float *scores,
+                        uint32_t *kept, uint32_t *num_kept, uint32_t *rows, Workspace &ws) {
     const uint32_t T = kv.num_tokens, H = ctx->cfg.num_kv_heads;
-    uint32_t sinks = 0;
-    while (sinks < T && positions[sinks] < (int64_t)lp.sink_tokens) ++sinks;
-    Budget b = budget(lp, T, sinks);
     uint32_t *idx = ws.take<uint32_t>(T);
     float *sum = ws.take<float>(T);
     if (!idx || !sum) return fail(NQ_ERR_BUFFER_TOO_SMALL, "workspace too small for token selection");

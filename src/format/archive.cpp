@@ -11,7 +11,8 @@
 #include <zstd_errors.h>
 
 #include "../backend.h"
-#include "fp_env.h"
+#include "../api/internal.h"
+#include "../api/fp_env.h"
 
 namespace nq {
 namespace {
@@ -194,7 +195,7 @@ extern "C" NQ_API nq_status nq_block_deserialize(nq_context *ctx, const void *sr
         return fail(NQ_ERR_VERSION, "unknown block header (magic/version/size)");
     header_read(src + kPrefix, &h);
     if (const char *why = header_validate(h)) return fail(NQ_ERR_CORRUPT, "%s", why);
-    if (h.head_dim != ctx->cfg.head_dim || h.num_heads != ctx->cfg.num_kv_heads)
+    if (!shape_matches(ctx, h))
         return fail(NQ_ERR_INVALID_ARGUMENT, "the block has %u heads of dim %u, the context %u heads of dim %u",
                     (unsigned)h.num_heads, (unsigned)h.head_dim, ctx->cfg.num_kv_heads, ctx->cfg.head_dim);
     const BlockGeometry g = block_geometry(h);
@@ -289,4 +290,53 @@ extern "C" NQ_API nq_status nq_block_deserialize(nq_context *ctx, const void *sr
     }
     *out = b;
     return NQ_OK;
+}
+
+extern "C" NQ_API nq_status nq_block_peek(const void *bytes, size_t len, nq_block_peek_info *out) {
+    clear_error();
+    if (!bytes) return fail(NQ_ERR_INVALID_ARGUMENT, "bytes is NULL");
+    if (!out) return fail(NQ_ERR_INVALID_ARGUMENT, "out is NULL");
+    const uint8_t *p = static_cast<const uint8_t *>(bytes);
+    if (len < 4) return fail(NQ_ERR_TRUNCATED, "%zu bytes: too few for any block", len);
+    nq_block_peek_info i{};
+    const uint32_t magic = get<uint32_t>(p);
+    size_t at = 0;
+    if (magic == kArchiveMagic) {
+        if (len < kPrefix + kHeaderBytes)
+            return fail(NQ_ERR_TRUNCATED, "%zu bytes: an archive's prefix and header take %zu", len,
+                        kPrefix + kHeaderBytes);
+        const uint16_t version = get<uint16_t>(p + 4);
+        if (version != kArchiveVersion)
+            return fail(NQ_ERR_VERSION, "archive version %u (this library reads 1)", version);
+        i.is_archive = 1;
+        at = kPrefix;
+    } else if (magic == kBlockMagicLE) {
+        if (len < kHeaderBytes)
+            return fail(NQ_ERR_TRUNCATED, "%zu bytes: a block header takes %u", len, (unsigned)kHeaderBytes);
+    } else {
+        return fail(NQ_ERR_VERSION, "not a nexusquant archive or block image (magic %08x)", magic);
+    }
+    if (get<uint32_t>(p + at) != kBlockMagicLE || get<uint16_t>(p + at + 4) != kFormatVersion ||
+        get<uint16_t>(p + at + 6) != kHeaderBytes)
+        return fail(NQ_ERR_VERSION, "unknown block header (magic/version/size)");
+    BlockHeader h;
+    header_read(p + at, &h);
+    i.header_valid = header_validate(h) == nullptr && block_geometry(h).total == h.total_bytes;
+    i.layer = h.layer;
+    i.num_heads = h.num_heads;
+    i.head_dim = h.head_dim;
+    i.tokens_in = h.tokens_in;
+    i.tokens_kept = h.tokens_kept;
+    i.k_bits = h.k_bits;
+    i.v_bits = h.v_bits;
+    i.codec = (nq_codec)h.codec;
+    i.evict_mode = (nq_evict_mode)h.evict_mode;
+    i.rope_mode = (nq_rope_mode)h.rope_mode;
+    i.fp16_sinks = h.fp16_sinks;
+    i.fp16_window = h.fp16_window;
+    i.positions_per_head = (h.flags & kFlagPositionsPerHead) ? 1 : 0;
+    i.first_position = (int64_t)h.first_position;
+    i.resident_bytes = h.total_bytes;
+    i.stored_bytes = i.is_archive ? get<uint64_t>(p + 8) : h.total_bytes;
+    return write_sized(i, out, "nq_block_peek_info");
 }
