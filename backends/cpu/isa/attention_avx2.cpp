@@ -67,6 +67,9 @@ inline vf reduce16(const vf *a) {
     for (int t = 0; t < 16; ++t) r[t] = hsum(a[t]);
     return r;
 }
+// Accumulator vectors of the packed logits, rows of the packed value sums.
+constexpr uint32_t kLogitAccs = 4;
+constexpr uint32_t kValueRows = 2;
 }  // namespace
 }  // namespace nq
 
