@@ -34,7 +34,7 @@ const AttnKernels *attn_kernels(nq_cpu_isa isa) {
 
 namespace {
 
-constexpr uint32_t kChunk = 64;  // tokens per chunk: a multiple of the decode tile's 16 lanes
+constexpr uint32_t kChunk = 256;  // tokens per chunk: a multiple of the decode tile's 16 lanes
 
 size_t up64(size_t b) { return (b + 63) & ~(size_t)63; }
 uint32_t min_u(uint32_t a, uint32_t b) { return a < b ? a : b; }
