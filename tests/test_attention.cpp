@@ -335,6 +335,20 @@ TEST(Attention, PackedBitsGroupVectorsAndRowBlocks) {
             }
 }
 
+// Sequences longer than the CPU kernels' chunk of 256 tokens: the running maximum of
+// the online softmax moves between chunks, and keys stored with RoPE removed are
+// decoded a chunk at a time.
+TEST(Attention, LongSequencesOverSeveralChunks) {
+    for (nq_rope_mode rm : {NQ_ROPE_KEEP, NQ_ROPE_REMOVE}) {
+        Spec s;
+        s.rope = rm;
+        s.D = 128;
+        s.group = 4;
+        s.seqs = {{1100}, {530, 300}};
+        check(s, rm == NQ_ROPE_KEEP ? "long, rope kept" : "long, rope removed");
+    }
+}
+
 TEST(Attention, RopeModesSinksWindowAndSeveralBlocks) {
     for (nq_rope_mode rm : {NQ_ROPE_NONE, NQ_ROPE_KEEP, NQ_ROPE_REMOVE}) {
         Spec s;
