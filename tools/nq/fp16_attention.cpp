@@ -15,7 +15,7 @@
 namespace nqcli {
 namespace {
 
-constexpr uint32_t kChunk = 256;  // as the library's CPU attention
+constexpr uint32_t kChunk = 64;
 
 struct F16Job {
     const nq::AttnKernels *ak;
