@@ -312,6 +312,43 @@ TEST(Attention, OddHeadDimsAndBits) {
     check(s, "scalar codec");
 }
 
+// The SIMD kernels decode codes of at most 4 bits per dimension in registers, 16 groups
+// (128 dims) per vector, and work on blocks of 4, 2 and 1 query rows: every bit width
+// of that path with both codecs, over whole, partial and several group vectors, with 7
+// rows per KV head (blocks 4 + 2 + 1) and 6 rows (two query tokens of 3 heads).
+TEST(Attention, PackedBitsGroupVectorsAndRowBlocks) {
+    for (nq_codec codec : {NQ_CODEC_E8, NQ_CODEC_SCALAR})
+        for (uint32_t bits : {1u, 2u, 3u, 4u})
+            for (uint32_t D : {80u, 128u, 256u, 384u}) {
+                Spec s;
+                s.codec = codec;
+                s.k_bits = bits;
+                s.v_bits = bits == 1 ? 1 : 5 - bits;
+                s.D = D;
+                s.kv = 1;
+                s.group = D == 128 ? 7 : 3;
+                s.q_tokens = D == 128 ? 1 : 2;
+                s.seqs = {{37}};
+                check(s, ((codec == NQ_CODEC_E8 ? std::string("e8") : std::string("scalar")) + " bits " +
+                          std::to_string(bits) + " D " + std::to_string(D))
+                             .c_str());
+            }
+}
+
+// Sequences longer than the CPU kernels' chunk of 256 tokens: the running maximum of
+// the online softmax moves between chunks, and keys stored with RoPE removed are
+// decoded a chunk at a time.
+TEST(Attention, LongSequencesOverSeveralChunks) {
+    for (nq_rope_mode rm : {NQ_ROPE_KEEP, NQ_ROPE_REMOVE}) {
+        Spec s;
+        s.rope = rm;
+        s.D = 128;
+        s.group = 4;
+        s.seqs = {{1100}, {530, 300}};
+        check(s, rm == NQ_ROPE_KEEP ? "long, rope kept" : "long, rope removed");
+    }
+}
+
 TEST(Attention, RopeModesSinksWindowAndSeveralBlocks) {
     for (nq_rope_mode rm : {NQ_ROPE_NONE, NQ_ROPE_KEEP, NQ_ROPE_REMOVE}) {
         Spec s;

@@ -34,7 +34,7 @@ const AttnKernels *attn_kernels(nq_cpu_isa isa) {
 
 namespace {
 
-constexpr uint32_t kChunk = 64;  // tokens per chunk: a multiple of the decode tile's 16 lanes
+constexpr uint32_t kChunk = 256;  // tokens per chunk: a multiple of the decode tile's 16 lanes
 
 size_t up64(size_t b) { return (b + 63) & ~(size_t)63; }
 uint32_t min_u(uint32_t a, uint32_t b) { return a < b ? a : b; }
@@ -175,7 +175,9 @@ class Item {
 
     // Logits of the chunk into L (pre-scale), then the softmax update into P, then values.
     void chunk(const BlockView &v, uint32_t j, uint32_t n, bool coded) {
-        for (uint32_t t = 0; t < n; ++t) s_.pos[t] = v.position(g_, j + t);
+        // Positions only where something reads them: masks, RoPE of keys decoded here.
+        if (c_.q_positions || (coded && (!job_.ak || v.rope_mode == NQ_ROPE_REMOVE)))
+            for (uint32_t t = 0; t < n; ++t) s_.pos[t] = v.position(g_, j + t);
         if (c_.q_positions && !any_visible(n)) return;
         float kscale = c_.scale;
         uint32_t slot;
@@ -372,14 +374,21 @@ class Item {
         for (uint32_t r = 0; r < R_; ++r) {
             float *x = s_.L + (size_t)r * kChunk;
             float *p = s_.P + (size_t)r * kChunk;
-            float mx = -INFINITY;
-            for (uint32_t t = 0; t < n; ++t) {
-                float y = x[t] * kscale;
-                if (c_.softcap > 0.0f) y = c_.softcap * std::tanh(y / c_.softcap);
-                if (!visible(r, s_.pos[t])) y = -INFINITY;
-                x[t] = y;
-                mx = y > mx ? y : mx;
-            }
+            // Branch-free loops for the common case (no soft-cap, no mask); four partial
+            // maxima so the comparisons do not form one dependency chain.
+            for (uint32_t t = 0; t < n; ++t) x[t] *= kscale;
+            if (c_.softcap > 0.0f)
+                for (uint32_t t = 0; t < n; ++t) x[t] = c_.softcap * std::tanh(x[t] / c_.softcap);
+            if (c_.q_positions)
+                for (uint32_t t = 0; t < n; ++t)
+                    if (!visible(r, s_.pos[t])) x[t] = -INFINITY;
+            float m4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+            uint32_t t = 0;
+            for (; t + 4 <= n; t += 4)
+                for (uint32_t k = 0; k < 4; ++k) m4[k] = x[t + k] > m4[k] ? x[t + k] : m4[k];
+            for (; t < n; ++t) m4[0] = x[t] > m4[0] ? x[t] : m4[0];
+            const float m01 = m4[0] > m4[1] ? m4[0] : m4[1], m23 = m4[2] > m4[3] ? m4[2] : m4[3];
+            const float mx = m01 > m23 ? m01 : m23;
             if (mx == -INFINITY) {
                 std::memset(p, 0, sizeof(float) * n);
                 continue;

@@ -51,22 +51,48 @@ inline vf vfloor(vf a) {
     std::memcpy(reinterpret_cast<char *>(&r) + 32, &hi, 32);
     return r;
 }
-// Lane i < n: the b bytes of group i (b <= 4) at p + i*b; lanes >= n: 0. Reads 4 bytes
-// per group where the image has them (up to `end`), else exactly b.
-inline vu load_group_codes(const uint8_t *p, uint32_t b, uint32_t n, const uint8_t *end) {
-    uint32_t lanes[16] = {};
-    const bool wide = p + (size_t)n * b + 4 <= end;
-    for (uint32_t i = 0; i < n; ++i) std::memcpy(&lanes[i], p + i * b, wide ? 4 : b);
-    const uint32_t keep = b >= 4 ? 0xffffffffu : (1u << (8 * b)) - 1u;
+// Lane i < n: the b bytes of group i (b <= 4) at p + i*b; lanes >= n: 0. Sixteen
+// groups with 16 readable bytes past them (up to `end`) take vector loads and byte
+// shuffles (b = 3: four 16-byte loads, one group per dword); otherwise byte by byte,
+// reading exactly n*b bytes.
+alignas(16) constexpr uint8_t kSpread3[16] = {0, 1, 2, 0x80, 3, 4, 5, 0x80, 6, 7, 8, 0x80, 9, 10, 11, 0x80};
+__attribute__((always_inline)) inline vu load_group_codes(const uint8_t *p, uint32_t b, uint32_t n, const uint8_t *end) {
     vu r;
+    if (n == 16 && p + 16 * (size_t)b + 16 <= end) {
+        __m256i lo, hi;
+        if (b == 1) {
+            lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(p)));
+            hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(p + 8)));
+        } else if (b == 2) {
+            lo = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+            hi = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p + 16)));
+        } else if (b == 3) {
+            const __m128i sh = _mm_load_si128(reinterpret_cast<const __m128i *>(kSpread3));
+            auto four = [&](const uint8_t *q) { return _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i *>(q)), sh); };
+            lo = _mm256_set_m128i(four(p + 12), four(p));
+            hi = _mm256_set_m128i(four(p + 36), four(p + 24));
+        } else {
+            lo = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p));
+            hi = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + 32));
+        }
+        std::memcpy(&r, &lo, 32);
+        std::memcpy(reinterpret_cast<char *>(&r) + 32, &hi, 32);
+        return r;
+    }
+    uint32_t lanes[16] = {};
+    for (uint32_t i = 0; i < n; ++i)
+        for (uint32_t k = 0; k < b; ++k) lanes[i] |= (uint32_t)p[i * b + k] << (8 * k);
     std::memcpy(&r, lanes, sizeof r);
-    return r & keep;
+    return r;
 }
 inline vf reduce16(const vf *a) {
     vf r;
     for (int t = 0; t < 16; ++t) r[t] = hsum(a[t]);
     return r;
 }
+// Accumulator vectors of the packed logits, rows of the packed value sums.
+constexpr uint32_t kLogitAccs = 4;
+constexpr uint32_t kValueRows = 2;
 }  // namespace
 }  // namespace nq
 

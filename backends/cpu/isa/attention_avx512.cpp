@@ -75,6 +75,9 @@ __attribute__((always_inline)) inline vf reduce16(const vf *a) {
     return (vf)_mm512_add_ps(_mm512_shuffle_f32x4(y01, y23, _MM_SHUFFLE(2, 0, 2, 0)),
                              _mm512_shuffle_f32x4(y01, y23, _MM_SHUFFLE(3, 1, 3, 1)));
 }
+// Accumulator vectors of the packed logits, rows of the packed value sums.
+constexpr uint32_t kLogitAccs = 16;
+constexpr uint32_t kValueRows = 4;
 }  // namespace
 }  // namespace nq
 
