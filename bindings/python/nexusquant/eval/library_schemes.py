@@ -68,7 +68,7 @@ class LibraryScheme:
         rope: the model's rope(x, positions, inverse=False); needed by center_k."""
         if self.center_k or self.center_v:
             return self._apply_centered(cache, q_heads=q_heads, rope_theta=rope_theta, model_name=model_name,
-                                        rope=rope)
+                                        rope=rope, queries=queries)
         kv_heads = cache.n_kv_heads
         head_dim = cache.keys[0][0].shape[-1]
         ctx = self.context(head_dim, kv_heads, q_heads, rope_theta, cache.n_layers, model_name)
@@ -94,18 +94,21 @@ class LibraryScheme:
         return out, total, bits
 
 
-    def _apply_centered(self, cache: KVCache, *, q_heads: int, rope_theta: float, model_name: str, rope):
+    def _apply_centered(self, cache: KVCache, *, q_heads: int, rope_theta: float, model_name: str, rope,
+                        queries=None):
         """center_k / center_v: the library codes (x - mean) per head; keys with RoPE taken
         off here by the model's own RoPE (library RoPE mode none) and put back after decode.
-        No eviction: the mean is over the block's quantised (not fp16) tokens."""
+        The mean is over the block's quantised (not fp16) kept tokens. With eviction, a first
+        pass through the library as configured picks the kept tokens (and gives the block's
+        bytes: the codes are fixed-rate, so centring changes no size but the mean's); the
+        second pass codes the kept tokens, centred, without eviction."""
         from dataclasses import replace
         if self.center_k and rope is None:
             raise ValueError("center_k needs the model's RoPE")
         kv_heads = cache.n_kv_heads
         head_dim = cache.keys[0][0].shape[-1]
-        plain = replace(self, center_k=False, center_v=False,
-                        rope_mode="none" if self.center_k else self.rope_mode)
-        ctx = plain.context(head_dim, kv_heads, q_heads, rope_theta, cache.n_layers, model_name)
+        first = replace(self, center_k=False, center_v=False)
+        ctx1 = first.context(head_dim, kv_heads, q_heads, rope_theta, cache.n_layers, model_name)
         keys, values, positions, bits = [], [], [], []
         total = 0
 
@@ -118,34 +121,53 @@ class LibraryScheme:
             return np.ascontiguousarray(x - m), m
 
         for layer in range(cache.n_layers):
-            lp = ctx.layer_params(layer)
-            if lp["evict_fraction"] > 0:
-                raise ValueError("centred schemes emulate no eviction")
+            lp = ctx1.layer_params(layer)
             k = np.asarray(cache.keys[layer], dtype=np.float32)
-            v = np.ascontiguousarray(np.asarray(cache.values[layer], dtype=np.float32))
+            v = np.asarray(cache.values[layer], dtype=np.float32)
             pos = np.asarray(cache.positions[layer])[0]
+            if lp["evict_fraction"] > 0:
+                q = None
+                if self.use_queries and queries is not None:
+                    q = np.ascontiguousarray(queries[layer], dtype=np.float32)
+                blk = ctx1.compress(np.ascontiguousarray(k), np.ascontiguousarray(v), layer=layer, positions=pos,
+                                    queries=q, pool_kernel=self.pool_kernel)
+                info = blk.info()
+                kpos = np.stack([blk.positions(h) for h in range(kv_heads)])
+                blk.free()
+                idx = np.searchsorted(pos, kpos)          # [heads, kept] token indices
+                k = np.take_along_axis(k, idx[..., None], axis=1)
+                v = np.take_along_axis(v, idx[..., None], axis=1)
+            else:
+                info, kpos = None, np.broadcast_to(pos, (kv_heads, len(pos)))
+            # second pass: the kept tokens, no eviction, same bits and fp16 tokens
+            second = replace(self, center_k=False, center_v=False, preset="custom", evict=0.0,
+                             k_bits=lp["k_bits"], v_bits=lp["v_bits"], fp16_sinks=lp["fp16_sinks"],
+                             fp16_window=lp["fp16_window"], overrides=[], profile=None,
+                             rope_mode="none" if self.center_k else self.rope_mode)
+            ctx2 = second.context(head_dim, kv_heads, q_heads, rope_theta, cache.n_layers, model_name)
             mk = mv = None
             if self.center_k:
-                k, mk = centre(rope(k, pos, inverse=True), lp)
+                k, mk = centre(rope(k, kpos, inverse=True), lp)
                 total += kv_heads * head_dim * 2
             if self.center_v:
                 v, mv = centre(v, lp)
                 total += kv_heads * head_dim * 2
-            k = np.ascontiguousarray(k)
-            blk = ctx.compress(k, v, layer=layer, positions=pos, queries=None)
-            info = blk.info()
+            blk = ctx2.compress(np.ascontiguousarray(k), np.ascontiguousarray(v), layer=layer,
+                                positions=np.ascontiguousarray(kpos[0]), queries=None)
+            if info is None:
+                info = blk.info()
             total += info["resident_bytes"]
             bits.append((info["k_bits"], info["v_bits"]))
-            kd, vd = ctx.decode(blk, dtype="float32")
-            kpos = np.stack([blk.positions(h) for h in range(kv_heads)])
+            kd, vd = ctx2.decode(blk, dtype="float32")
+            blk.free()
+            ctx2.free()
             if self.center_k:
                 kd = rope(kd + mk, kpos)
             if self.center_v:
                 vd = vd + mv
-            keys.append(kd.astype(np.float32))
-            values.append(vd.astype(np.float32))
-            positions.append(kpos)
-            blk.free()
+            keys.append(np.ascontiguousarray(kd, dtype=np.float32))
+            values.append(np.ascontiguousarray(vd, dtype=np.float32))
+            positions.append(np.ascontiguousarray(kpos))
         return KVCache(keys, values, positions, cache.next_pos), total, bits
 
 
@@ -164,6 +186,10 @@ def library_schemes() -> dict:
     s["lossless-keep"] = LibraryScheme("lossless-keep", preset="lossless", profile="auto", rope_mode="keep")
     s["lossless-generic-keep"] = LibraryScheme("lossless-generic-keep", preset="lossless", rope_mode="keep")
     s["balanced-generic-keep"] = LibraryScheme("balanced-generic-keep", preset="balanced", rope_mode="keep")
+    # experimental: the generic presets with the per-head key and value means taken out
+    for preset in ("lossless", "high", "balanced", "max"):
+        s[preset + "-generic-ck-cv"] = LibraryScheme(preset + "-generic-ck-cv", preset=preset,
+                                                     center_k=True, center_v=True)
     for kb, vb in ((4, 4), (4, 3), (3, 3), (3, 2), (2, 2)):
         for codec in ("e8", "scalar"):
             name = f"{codec}-k{kb}v{vb}"
