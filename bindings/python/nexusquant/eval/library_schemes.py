@@ -93,7 +93,6 @@ class LibraryScheme:
         out = KVCache(keys, values, positions, cache.next_pos)
         return out, total, bits
 
-
     def _apply_centered(self, cache: KVCache, *, q_heads: int, rope_theta: float, model_name: str, rope,
                         queries=None):
         """center_k / center_v: the library codes (x - mean) per head; keys with RoPE taken
