@@ -73,7 +73,7 @@ class Evaluator:
         N, M = cfg.context, cfg.score
         acc = {name: {"nll_sum": 0.0, "kl_sum": 0.0, "top1_sum": 0, "n": 0, "bytes": 0,
                       "fp16_bytes": 0, "elements": 0, "apply_s": 0.0, "k_bits": [], "v_bits": [],
-                      "layer_bits": None} for name in cfg.schemes}
+                      "layer_bits": None, "win": []} for name in cfg.schemes}
         errors: Dict[str, str] = {}
         ref_nll, n_ref = 0.0, 0
         for si, off in enumerate(sample_offsets(len(ids), N + M + 1, cfg.samples, cfg.phase)):
@@ -103,6 +103,7 @@ class Evaluator:
                 a["fp16_bytes"] += pre.cache.fp16_bytes()
                 a["elements"] += pre.cache.n_elements()
                 a["apply_s"] += dt
+                a["win"].append(100.0 * (float(np.exp((st["nll_sum"] - rs["nll_sum"]) / st["n"])) - 1.0))
                 if res.layer_bits:
                     a["k_bits"] += [k for k, _ in res.layer_bits]
                     a["v_bits"] += [v for _, v in res.layer_bits]
@@ -128,6 +129,7 @@ class Evaluator:
                     "kl": a["kl_sum"] / a["n"],
                     "top1": a["top1_sum"] / a["n"],
                     "apply_s": a["apply_s"] / cfg.samples,
+                    "ppl_delta_pct_windows": [round(x, 3) for x in a["win"]],
                 })
                 if a["k_bits"]:  # the bits the library chose, over layers and samples
                     row["k_bits_mean"] = float(np.mean(a["k_bits"]))

@@ -37,6 +37,12 @@ class LibraryScheme:
     pool_kernel: int = 0       # max-pool width over query scores; 0 = the library's (15)
     profile: Optional[str] = None  # "auto": the model's profile for the preset (profiles.py)
     rope_mode: str = "remove"  # keys quantised with RoPE removed (re-applied on decode) or kept
+    # Experimental, emulated here without a format change: subtract a per-(block, head)
+    # mean over the block's quantised tokens (keys in the RoPE-removed domain), rounded to
+    # fp16 and counted as head_dim * 2 bytes per head, before the library codes the block;
+    # add it back after decoding. Needs the model's RoPE (passed as `rope`) for keys.
+    center_k: bool = False
+    center_v: bool = False
 
     def settings(self, shape: dict, model_name: str) -> dict:
         """Context settings: the model profile's (when asked for and matching), then ours."""
@@ -53,11 +59,16 @@ class LibraryScheme:
                        rope=RopeSpec(mode=self.rope_mode, pairing="split", theta=rope_theta),
                        **self.settings(shape, model_name))
 
-    def apply(self, cache: KVCache, *, q_heads: int, rope_theta: float, queries=None, model_name: str = ""):
+    def apply(self, cache: KVCache, *, q_heads: int, rope_theta: float, queries=None, model_name: str = "",
+              rope=None):
         """Returns (new KVCache, compressed bytes, [(k_bits, v_bits) of each layer's block]).
 
         queries: optional per-layer [q_heads, W, head_dim] last queries (post-RoPE).
-        model_name: matched against the model profiles when self.profile is "auto"."""
+        model_name: matched against the model profiles when self.profile is "auto".
+        rope: the model's rope(x, positions, inverse=False); needed by center_k."""
+        if self.center_k or self.center_v:
+            return self._apply_centered(cache, q_heads=q_heads, rope_theta=rope_theta, model_name=model_name,
+                                        rope=rope, queries=queries)
         kv_heads = cache.n_kv_heads
         head_dim = cache.keys[0][0].shape[-1]
         ctx = self.context(head_dim, kv_heads, q_heads, rope_theta, cache.n_layers, model_name)
@@ -82,6 +93,82 @@ class LibraryScheme:
         out = KVCache(keys, values, positions, cache.next_pos)
         return out, total, bits
 
+    def _apply_centered(self, cache: KVCache, *, q_heads: int, rope_theta: float, model_name: str, rope,
+                        queries=None):
+        """center_k / center_v: the library codes (x - mean) per head; keys with RoPE taken
+        off here by the model's own RoPE (library RoPE mode none) and put back after decode.
+        The mean is over the block's quantised (not fp16) kept tokens. With eviction, a first
+        pass through the library as configured picks the kept tokens (and gives the block's
+        bytes: the codes are fixed-rate, so centring changes no size but the mean's); the
+        second pass codes the kept tokens, centred, without eviction."""
+        from dataclasses import replace
+        if self.center_k and rope is None:
+            raise ValueError("center_k needs the model's RoPE")
+        kv_heads = cache.n_kv_heads
+        head_dim = cache.keys[0][0].shape[-1]
+        first = replace(self, center_k=False, center_v=False)
+        ctx1 = first.context(head_dim, kv_heads, q_heads, rope_theta, cache.n_layers, model_name)
+        keys, values, positions, bits = [], [], [], []
+        total = 0
+
+        def centre(x, lp):
+            # mean over the tokens the codec quantises (fp16 sinks and window excluded)
+            t = x.shape[1]
+            a, b = min(lp["fp16_sinks"], t), max(t - lp["fp16_window"], 0)
+            sel = x[:, a:b] if b > a else x
+            m = sel.mean(axis=1, keepdims=True).astype(np.float16).astype(np.float32)
+            return np.ascontiguousarray(x - m), m
+
+        for layer in range(cache.n_layers):
+            lp = ctx1.layer_params(layer)
+            k = np.asarray(cache.keys[layer], dtype=np.float32)
+            v = np.asarray(cache.values[layer], dtype=np.float32)
+            pos = np.asarray(cache.positions[layer])[0]
+            if lp["evict_fraction"] > 0:
+                q = None
+                if self.use_queries and queries is not None:
+                    q = np.ascontiguousarray(queries[layer], dtype=np.float32)
+                blk = ctx1.compress(np.ascontiguousarray(k), np.ascontiguousarray(v), layer=layer, positions=pos,
+                                    queries=q, pool_kernel=self.pool_kernel)
+                info = blk.info()
+                kpos = np.stack([blk.positions(h) for h in range(kv_heads)])
+                blk.free()
+                idx = np.searchsorted(pos, kpos)          # [heads, kept] token indices
+                k = np.take_along_axis(k, idx[..., None], axis=1)
+                v = np.take_along_axis(v, idx[..., None], axis=1)
+            else:
+                info, kpos = None, np.broadcast_to(pos, (kv_heads, len(pos)))
+            # second pass: the kept tokens, no eviction, same bits and fp16 tokens
+            second = replace(self, center_k=False, center_v=False, preset="custom", evict=0.0,
+                             k_bits=lp["k_bits"], v_bits=lp["v_bits"], fp16_sinks=lp["fp16_sinks"],
+                             fp16_window=lp["fp16_window"], overrides=[], profile=None,
+                             rope_mode="none" if self.center_k else self.rope_mode)
+            ctx2 = second.context(head_dim, kv_heads, q_heads, rope_theta, cache.n_layers, model_name)
+            mk = mv = None
+            if self.center_k:
+                k, mk = centre(rope(k, kpos, inverse=True), lp)
+                total += kv_heads * head_dim * 2
+            if self.center_v:
+                v, mv = centre(v, lp)
+                total += kv_heads * head_dim * 2
+            blk = ctx2.compress(np.ascontiguousarray(k), np.ascontiguousarray(v), layer=layer,
+                                positions=np.ascontiguousarray(kpos[0]), queries=None)
+            if info is None:
+                info = blk.info()
+            total += info["resident_bytes"]
+            bits.append((info["k_bits"], info["v_bits"]))
+            kd, vd = ctx2.decode(blk, dtype="float32")
+            blk.free()
+            ctx2.free()
+            if self.center_k:
+                kd = rope(kd + mk, kpos)
+            if self.center_v:
+                vd = vd + mv
+            keys.append(np.ascontiguousarray(kd, dtype=np.float32))
+            values.append(np.ascontiguousarray(vd, dtype=np.float32))
+            positions.append(np.ascontiguousarray(kpos))
+        return KVCache(keys, values, positions, cache.next_pos), total, bits
+
 
 def library_schemes() -> dict:
     """Named schemes: the presets, plus explicit E8 and scalar-codec points at equal bits."""
@@ -97,6 +184,11 @@ def library_schemes() -> dict:
     # without a per-key decode): the quality side of that choice
     s["lossless-keep"] = LibraryScheme("lossless-keep", preset="lossless", profile="auto", rope_mode="keep")
     s["lossless-generic-keep"] = LibraryScheme("lossless-generic-keep", preset="lossless", rope_mode="keep")
+    s["balanced-generic-keep"] = LibraryScheme("balanced-generic-keep", preset="balanced", rope_mode="keep")
+    # experimental: the generic presets with the per-head key and value means taken out
+    for preset in ("lossless", "high", "balanced", "max"):
+        s[preset + "-generic-ck-cv"] = LibraryScheme(preset + "-generic-ck-cv", preset=preset,
+                                                     center_k=True, center_v=True)
     for kb, vb in ((4, 4), (4, 3), (3, 3), (3, 2), (2, 2)):
         for codec in ("e8", "scalar"):
             name = f"{codec}-k{kb}v{vb}"
@@ -107,8 +199,9 @@ def library_schemes() -> dict:
 # A library point named on the command line, for tuning runs (options in any order):
 #   {e8|scalar}-k{K}v{V}[-e{evict}][-s{fp16 sinks}][-w{fp16 window}][-r{recent window}]
 #                      [-t{sink tokens}][-shared|-paged][-norm][-keep][-p{pool}][-L{a}:{b}k{K}v{V}...]
+#                      [-ck][-cv]   (experimental: per-head mean of keys / values taken out, see center_k)
 # e.g. e8-k3v2-e0.6-w16-r16, e8-k2v2-e0.4-shared, e8-k3v2-L0:2k4v3 (layers 0..1 at K4/V3).
-_OPTION = r"-e[0-9.]+|-[swrtp]\d+|-shared|-paged|-norm|-keep|-L-?\d+:-?\d+k\dv\d"
+_OPTION = r"-e[0-9.]+|-[swrtp]\d+|-shared|-paged|-norm|-keep|-ck|-cv|-L-?\d+:-?\d+k\dv\d"
 PATTERN = r"(e8|scalar)-k(\d)v(\d)((?:" + _OPTION + r")*)"
 
 
@@ -128,6 +221,10 @@ def parse_scheme(m) -> LibraryScheme:
             s.use_queries = False
         elif opt == "-keep":
             s.rope_mode = "keep"
+        elif opt == "-ck":
+            s.center_k = True
+        elif opt == "-cv":
+            s.center_v = True
         else:
             setattr(s, fields[opt[1]], int(opt[2:]))
     return s

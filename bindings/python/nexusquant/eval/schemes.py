@@ -98,7 +98,7 @@ class LibraryAdapter(Scheme):
             from dataclasses import replace
             scheme = replace(scheme, profile=None)
         out = scheme.apply(cache, q_heads=cfg.n_heads, rope_theta=cfg.rope_theta,
-                           queries=ctx.queries, model_name=ctx.model_name)
+                           queries=ctx.queries, model_name=ctx.model_name, rope=ctx.rope)
         return SchemeResult(out[0], int(out[1]), out[2] if len(out) > 2 else None)
 
 
@@ -174,4 +174,4 @@ def _register_library():
         return
     for name, ls in library_schemes().items():
         register(name, lambda s=ls: LibraryAdapter(s))
-    register_pattern(PATTERN, lambda m: LibraryAdapter(parse_scheme(m)), "{e8|scalar}-kKvV[-eE][-sS][-wW][-rR][-tT][-shared|-paged][-norm][-keep][-pP][-La:bkKvV]")
+    register_pattern(PATTERN, lambda m: LibraryAdapter(parse_scheme(m)), "{e8|scalar}-kKvV[-eE][-sS][-wW][-rR][-tT][-shared|-paged][-norm][-keep][-ck][-cv][-pP][-La:bkKvV]")
