@@ -129,3 +129,10 @@ def test_presets_tables_match_the_library(doc, heading):
             # ...and the preset's own estimate is an upper bound of its blocks' bytes (blocks
             # may take an extra bit above the ratio floor), so never a larger ratio
             assert fp16 / ctx.estimate_bytes(layers, tokens) <= fp16 / nominal.estimate_bytes(layers, tokens) * 1.001
+
+
+@pytest.mark.parametrize("doc", ["README.md", "BENCHMARKS.md", "docs/DESIGN.md", "docs/FORMAT.md"])
+def test_docs_hold_no_merge_markers(doc):
+    marks = [i + 1 for i, line in enumerate((ROOT / doc).read_text().splitlines())
+             if re.match(r"^(<{7} |>{7} |={7}$)", line)]
+    assert marks == [], f"{doc}: unresolved merge markers at lines {marks}"
