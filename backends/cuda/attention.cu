@@ -42,8 +42,8 @@ namespace {
 #define NQ_ATTN_MMA 1
 #endif
 
-#if defined(NQ_GPU_SIM)
-#define NQ_ATTN_NOINLINE
+#if defined(NQ_GPU_SIM) || defined(__HIPCC__) || defined(NQ_HIP)
+#define NQ_ATTN_NOINLINE  // HIP: a call would make the LDS of every kernel count for each
 #else
 #define NQ_ATTN_NOINLINE __noinline__
 #endif
