@@ -42,12 +42,6 @@ namespace {
 #define NQ_ATTN_MMA 1
 #endif
 
-#if defined(NQ_GPU_SIM) || defined(__HIPCC__) || defined(NQ_HIP)
-#define NQ_ATTN_NOINLINE  // HIP: a call would make the LDS of every kernel count for each
-#else
-#define NQ_ATTN_NOINLINE __noinline__
-#endif
-
 constexpr unsigned kAttnThreads = 128;
 constexpr unsigned kAttnWarps = kAttnThreads / 32;
 constexpr uint32_t kMaxFreq = kMaxHeadDim / 2;
@@ -774,51 +768,35 @@ __device__ __forceinline__ float mma_logit(const AttnParams &P, float x) {
     return x * kLog2e;
 }
 
-// The global loads of a fast tile, issued a tile ahead of their use.
-struct FastLoads {
-    uint32_t wk[2][3];  // key codes of tokens g and 8 + g (groups 4t..4t+3)
-    uint32_t wv[4];     // value codes (groups 2g, 2g+1) of tokens 2t, 2t+1, 8+2t, 9+2t
-    uint32_t sc[4];     // their bf16 scales: k in the low half, v in the high half
-};
-__device__ __forceinline__ void mma_fast_load(FastLoads &L, const BlockView &v, uint32_t h, uint32_t j0, uint32_t n,
-                                              uint32_t lane) {
+// A tile of n <= 16 coded tokens [j0, j0 + n) of a K3/V2 E8 block (rows past n repeat
+// row j0 and are masked).
+template <int QC>
+__device__ __forceinline__ void mma_fast_tile(const AttnParams &P, const MmaView<QC> &mv, float *corr_sm,
+                                              MmaState &st, const BlockView &v, uint32_t h, uint32_t j0, uint32_t n,
+                                              uint32_t seq, uint32_t lane, float qinv, float vmul) {
     const uint32_t g = lane >> 2, t = lane & 3u;
-    const uint32_t s0 = j0 - v.fp16_sinks;  // coded slot of row 0; rows past n repeat it (masked)
+    const uint32_t s0 = j0 - v.fp16_sinks;  // coded slot of row 0
+    auto slot = [&](uint32_t r) { return s0 + (r < n ? r : 0u); };
+    // Key codes of tokens g and 8 + g: 12 bytes each (groups 4t..4t+3).
+    uint32_t wk[2][3];
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
-        const uint32_t r = g + 8 * (uint32_t)nt;
-        const uint8_t *kc = v.k_codes(h, s0 + (r < n ? r : 0u)) + 12 * t;
-        L.wk[nt][0] = ld_u32(kc);
-        L.wk[nt][1] = ld_u32(kc + 4);
-        L.wk[nt][2] = ld_u32(kc + 8);
+        const uint8_t *kc = v.k_codes(h, slot(g + 8 * nt)) + 12 * t;
+        wk[nt][0] = ld_u32(kc);
+        wk[nt][1] = ld_u32(kc + 4);
+        wk[nt][2] = ld_u32(kc + 8);
     }
+    // Value codes (groups 2g, 2g+1) and scales of tokens 2t, 2t+1, 8+2t, 9+2t.
+    uint32_t wv[4];
+    float sk[4], sv[4];
     const uint16_t *ks = v.k_scales(h), *vs = v.v_scales(h);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        const uint32_t r = 2 * t + (k & 1) + 8 * (k >> 1), sl = s0 + (r < n ? r : 0u);
-        L.wv[k] = ld_u32(v.v_codes(h, sl) + 4 * g);
-        L.sc[k] = (uint32_t)ks[sl] | ((uint32_t)vs[sl] << 16);
+        const uint32_t r = 2 * t + (k & 1) + 8 * (k >> 1), sl = slot(r);
+        wv[k] = ld_u32(v.v_codes(h, sl) + 4 * g);
+        sk[k] = bf16_to_f32(ks[sl]);
+        sv[k] = bf16_to_f32(vs[sl]);
     }
-}
-
-// A tile of n <= 16 coded tokens [j0, j0 + n) of a K3/V2 E8 block.
-template <int QC>
-__device__ __forceinline__ void mma_fast_tile(const AttnParams &P, const MmaView<QC> &mv, float *corr_sm,
-                                              MmaState &st, const FastLoads &L, const BlockView &v, uint32_t h,
-                                              uint32_t j0, uint32_t n, uint32_t seq, uint32_t lane, float qinv,
-                                              float vmul) {
-    float sk[4], sv[4];
-    uint32_t wk[2][3], wv[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-        sk[k] = __uint_as_float(L.sc[k] << 16);
-        sv[k] = __uint_as_float(L.sc[k] & 0xffff0000u);
-        wv[k] = L.wv[k];
-    }
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-        for (int i = 0; i < 3; ++i) wk[nt][i] = L.wk[nt][i];
     bool vis[4];
     mma_visible<QC>(P, v, h, j0, n >= 32 ? 0xffffffffu : ((1u << n) - 1u), seq, lane, vis);
 
@@ -882,56 +860,41 @@ __device__ __noinline__ void mma_slow_tile(const AttnParams &P, const Smem<4, QC
     const uint32_t kb = v.k_bits, vb = v.v_bits;
     float *xs = mv.xs + warp * 32 * QC;
     float *pw = xs + 16 * QC;
-    // Logits: lanes r and r + 16 take token j0 + r (r < n), half of the dims each.
-    const uint32_t r = lane & 15u, part = lane >> 4;
-    const bool valid = r < n;
+    // Logits, lane r < n: token j0 + r.
+    const bool valid = lane < n;
     uint32_t slot = 0;
-    const bool coded = valid && v.coded_slot(j0 + r, &slot);
+    const bool coded = valid && v.coded_slot(j0 + lane, &slot);
     float x[QC];
 #pragma unroll
     for (int c = 0; c < QC; ++c) x[c] = 0.0f;
     if (coded) {
         const uint8_t *kc = v.k_codes(h, slot);
-        const uint64_t pm = e8_parity_mask(kb);
-        uint64_t codes[8];
-#pragma unroll
-        for (int q = 0; q < 8; ++q) codes[q] = load_group(kc, 8 * part + (uint32_t)q, kb);
         const float skv = bf16_to_f32(v.k_scales(h)[slot]);
-#pragma unroll
-        for (int q = 0; q < 8; ++q) {
-            const uint32_t gi = 8 * part + (uint32_t)q;
+        const uint64_t pm = e8_parity_mask(kb);
+        for (uint32_t gi = 0; gi < D / 8; ++gi) {
+            const uint64_t code = load_group(kc, gi, kb);
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
-                const float qv = group_value(codes[q], (uint32_t)i, kb, e8, pm);
+                const float q = group_value(code, (uint32_t)i, kb, e8, pm);
 #pragma unroll
-                for (int c = 0; c < QC; ++c) x[c] += sm.qrot[c * D + 8 * gi + i] * qv;
+                for (int c = 0; c < QC; ++c) x[c] += sm.qrot[c * D + 8 * gi + i] * q;
             }
         }
 #pragma unroll
         for (int c = 0; c < QC; ++c) x[c] *= skv;
     } else if (valid) {
-        const uint16_t *kr = v.k_raw(h, slot) + 64 * part;
-        uint4 u[8];
+        const uint16_t *kr = v.k_raw(h, slot);
+        for (uint32_t d = 0; d < D; ++d) {
+            const float kx = f16_to_f32(kr[d]);
 #pragma unroll
-        for (int q = 0; q < 8; ++q) u[q] = ld16(kr + 8 * q);  // rows are 16-byte aligned in aligned images
-#pragma unroll
-        for (int q = 0; q < 8; ++q) {
-            const uint32_t wq[4] = {u[q].x, u[q].y, u[q].z, u[q].w};
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const float kx = f16f(i & 1 ? wq[i >> 1] >> 16 : wq[i >> 1] & 0xffffu);
-#pragma unroll
-                for (int c = 0; c < QC; ++c) x[c] += sm.qorig[c * D + 64 * part + 8 * q + i] * kx;
-            }
+            for (int c = 0; c < QC; ++c) x[c] += sm.qorig[c * D + d] * kx;
         }
     }
+    if (valid)
 #pragma unroll
-    for (int c = 0; c < QC; ++c) x[c] += __shfl_xor_sync(0xffffffffu, x[c], 16);
-    if (valid && part == 0)
-#pragma unroll
-        for (int c = 0; c < QC; ++c) xs[r * QC + c] = x[c];
-    const uint32_t valid_mask = __ballot_sync(0xffffffffu, valid && part == 0);
-    const uint32_t raw_mask = __ballot_sync(0xffffffffu, valid && !coded && part == 0);
+        for (int c = 0; c < QC; ++c) xs[lane * QC + c] = x[c];
+    const uint32_t valid_mask = __ballot_sync(0xffffffffu, valid);
+    const uint32_t raw_mask = __ballot_sync(0xffffffffu, valid && !coded);
     __syncwarp();
     bool vis[4];
     mma_visible<QC>(P, v, h, j0, valid_mask, seq, lane, vis);
@@ -979,41 +942,25 @@ __device__ __noinline__ void mma_slow_tile(const AttnParams &P, const Smem<4, QC
         mma_f16(st.acc[i], f16x2(val[0][0], val[1][0]), f16x2(val[0][1], val[1][1]), f16x2(val[2][0], val[3][0]),
                 f16x2(val[2][1], val[3][1]), b0, b1);
     }
-    // Raw values, original domain: lane owns dims 4 lane .. 4 lane + 3; every row's
-    // 8 bytes loaded before the first use.
+    // Raw values, original domain: lane owns dims lane + 32k.
     if (raw_mask) {
         __syncwarp();
-        uint2 vals[16];
+        uint32_t rm = raw_mask;
+        while (rm) {
+            const uint32_t r = (uint32_t)__ffs(rm) - 1u;
+            rm &= rm - 1u;
+            uint32_t rs;
+            (void)v.coded_slot(j0 + r, &rs);
+            const uint16_t *vr = v.v_raw(h, rs);
+            float w[QC];
 #pragma unroll
-        for (int rr = 0; rr < 16; ++rr) {
-            vals[rr] = make_uint2(0u, 0u);
-            if ((raw_mask >> rr) & 1u) {
-                uint32_t rs;
-                (void)v.coded_slot(j0 + (uint32_t)rr, &rs);
-                vals[rr] = *reinterpret_cast<const uint2 *>(v.v_raw(h, rs) + 4 * lane);
+            for (int c = 0; c < QC; ++c) w[c] = pw[r * QC + c];
+            for (uint32_t d = lane; d < D; d += 32) {
+                const float y = f16_to_f32(vr[d]);
+#pragma unroll
+                for (int c = 0; c < QC; ++c) mv.racc[c * D + d] += w[c] * y;
             }
         }
-        float ra[QC][4];
-#pragma unroll
-        for (int c = 0; c < QC; ++c)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) ra[c][e] = 0.0f;
-#pragma unroll
-        for (int rr = 0; rr < 16; ++rr) {
-            if (!((raw_mask >> rr) & 1u)) continue;
-            const float y[4] = {f16f(vals[rr].x & 0xffffu), f16f(vals[rr].x >> 16), f16f(vals[rr].y & 0xffffu),
-                                f16f(vals[rr].y >> 16)};
-#pragma unroll
-            for (int c = 0; c < QC; ++c) {
-                const float w = pw[rr * QC + c];
-#pragma unroll
-                for (int e = 0; e < 4; ++e) ra[c][e] += w * y[e];
-            }
-        }
-#pragma unroll
-        for (int c = 0; c < QC; ++c)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) mv.racc[c * D + 4 * lane + e] += ra[c][e];
     }
     __syncwarp();
 }
@@ -1058,29 +1005,14 @@ __device__ void mma_pass(const AttnParams &P, Smem<4, QC> &sm, float *misc, uint
 #pragma unroll 1
             for (int region = 0; region < 3; ++region) {
                 const uint32_t ra = edges[region], rb = std::max(edges[region], edges[region + 1]);
-                const uint32_t ntiles = (rb - ra + kMmaTile - 1) / kMmaTile;
-                // This warp's tiles: k = k0, k0 + 4, ... (tiles are dealt round-robin).
-                uint32_t k = (warp + kAttnWarps - tile % kAttnWarps) % kAttnWarps;
-                auto tile_n = [&](uint32_t kt) { return rb - ra - kt * kMmaTile < kMmaTile ? rb - ra - kt * kMmaTile : kMmaTile; };
-                if (region == 1 && fast_blk) {
-                    if (k < ntiles) {
-                        FastLoads cur;
-                        mma_fast_load(cur, v, kvh, ra + k * kMmaTile, tile_n(k), lane);
-                        for (; k < ntiles; k += kAttnWarps) {
-                            FastLoads nxt = cur;
-                            const uint32_t kn = k + kAttnWarps;
-                            if (kn < ntiles) mma_fast_load(nxt, v, kvh, ra + kn * kMmaTile, tile_n(kn), lane);
-                            mma_fast_tile<QC>(P, mv, corr_sm, st, cur, v, kvh, ra + k * kMmaTile, tile_n(k), seq, lane,
-                                              qinv, vmul);
-                            cur = nxt;
-                        }
-                    }
-                } else {
-                    for (; k < ntiles; k += kAttnWarps)
-                        mma_slow_tile<QC>(P, sm, mv, corr_sm, st, v, kvh, ra + k * kMmaTile, tile_n(k), seq, warp, lane,
-                                          vmul);
+                for (uint32_t j0 = ra; j0 < rb; j0 += kMmaTile, ++tile) {
+                    if (tile % kAttnWarps != warp) continue;
+                    const uint32_t n = rb - j0 < kMmaTile ? rb - j0 : kMmaTile;
+                    if (region == 1 && fast_blk)
+                        mma_fast_tile<QC>(P, mv, corr_sm, st, v, kvh, j0, n, seq, lane, qinv, vmul);
+                    else
+                        mma_slow_tile<QC>(P, sm, mv, corr_sm, st, v, kvh, j0, n, seq, warp, lane, vmul);
                 }
-                tile += ntiles;
             }
         }
         base += kept;
@@ -1149,86 +1081,6 @@ template <int QC> __device__ void mma_query_fragments(const AttnParams &P, Smem<
     }
 }
 #endif  // NQ_ATTN_MMA
-
-// One pass of the CUDA-core path: leaves each warp's max, sum and rotated-domain value
-// sums in sm.cm / sm.cl / sm.cacc[warp]. Not inlined: the tensor-core path of the same
-// kernel keeps its own register allocation.
-template <int NDL, int QC, int FD>
-__device__ NQ_ATTN_NOINLINE void cuda_core_pass(const AttnParams &P, Smem<NDL, QC> &sm, uint32_t seq, uint32_t kvh,
-                                            uint32_t b0, uint32_t b1, uint64_t t_begin, uint64_t t_end, uint32_t qc0,
-                                            uint32_t warp, uint32_t lane) {
-    const uint32_t D = FD ? (uint32_t)FD : P.D;
-    const uint32_t nblk = hadamard_block(D);
-        constexpr int AV = acc_width<NDL, FD>();
-        WarpState<AV, QC> st;
-#pragma unroll
-        for (int c = 0; c < QC; ++c) {
-            st.m[c] = -INFINITY;
-            st.l[c] = 0.0f;
-#pragma unroll
-            for (int k = 0; k < AV; ++k) st.acc[c][k] = 0.0f;
-        }
-        st.has_raw = false;
-        for (uint32_t k = lane; k < QC * D; k += 32) sm.cacc[warp][k] = 0.0f;
-        __syncwarp();
-
-        // Walk the blocks that overlap [t_begin, t_end); 32-token chunks go to the warps
-        // in turn.
-        uint64_t base = 0;
-        uint32_t chunk = 0;
-        for (uint32_t b = b0; b < b1 && base < t_end; ++b) {
-            const uint8_t *img = static_cast<const uint8_t *>(P.images[b]);
-            const uint32_t kept = BlockView::rd32(img + 36);
-            const uint64_t lo = std::max<uint64_t>(base, t_begin), hi = std::min<uint64_t>(base + kept, t_end);
-            if (lo < hi) {
-                const BlockView v = BlockView::of(img);
-                const bool fast_bits = FD == 128 && v.codec == kCodecE8 && v.k_bits == 3 && v.v_bits == 2 &&
-                                       ((uintptr_t)img & 15u) == 0;
-                for (uint64_t c0 = lo; c0 < hi; c0 += 32, ++chunk) {
-                    if (chunk % kAttnWarps != warp) continue;
-                    const uint32_t j0 = (uint32_t)(c0 - base), n = (uint32_t)std::min<uint64_t>(32, hi - c0);
-                    if constexpr (FD == 128) {
-                        if (fast_bits) {
-                            attend_chunk<NDL, QC, FD, 3, 2>(P, sm, st, v, kvh, j0, n, seq, qc0, warp, lane);
-                            continue;
-                        }
-                    }
-                    attend_chunk<NDL, QC, FD, 0, 0>(P, sm, st, v, kvh, j0, n, seq, qc0, warp, lane);
-                }
-            }
-            base += kept;
-        }
-
-        // Merge the warps: raw sums rotated forward (y = H S v), plus the rotated sums.
-        if (st.has_raw) {
-            __syncwarp();
-            for (uint32_t k = lane; k < QC * D; k += 32)
-                if (hadamard_sign_negative(k % D)) sm.cacc[warp][k] = -sm.cacc[warp][k];
-            __syncwarp();
-            fwht_shared(sm.cacc[warp], QC, D, nblk, lane, 32, [] { __syncwarp(); });
-        }
-        __syncwarp();
-#pragma unroll
-        for (int c = 0; c < QC; ++c) {
-            const float l = warp_sum(st.l[c]);
-            if (lane == 0) {
-                sm.cm[warp][c] = st.m[c];
-                sm.cl[warp][c] = l;
-            }
-            if constexpr (FD == 128) {
-                // The two half-warps hold sums over different tokens of the same dims.
-#pragma unroll
-                for (int i = 0; i < 8; ++i) {
-                    const float a = st.acc[c][i] + __shfl_xor_sync(0xffffffffu, st.acc[c][i], 16, 32);
-                    if (lane < 16) sm.cacc[warp][c * D + 8 * lane + i] += a;
-                }
-            } else {
-#pragma unroll
-                for (int k = 0; k < NDL; ++k)
-                    if (lane * NDL + k < D) sm.cacc[warp][c * D + lane * NDL + k] += st.acc[c][k];
-            }
-        }
-}
 
 template <int NDL, int QC, int FD>
 __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kernel(const NQ_GRID_CONSTANT AttnParams P) {
@@ -1299,7 +1151,75 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
         }
 #endif
         if (!mma_done) {
-            cuda_core_pass<NDL, QC, FD>(P, sm, seq, kvh, b0, b1, t_begin, t_end, qc0, warp, lane);
+        constexpr int AV = acc_width<NDL, FD>();
+        WarpState<AV, QC> st;
+#pragma unroll
+        for (int c = 0; c < QC; ++c) {
+            st.m[c] = -INFINITY;
+            st.l[c] = 0.0f;
+#pragma unroll
+            for (int k = 0; k < AV; ++k) st.acc[c][k] = 0.0f;
+        }
+        st.has_raw = false;
+        for (uint32_t k = lane; k < QC * D; k += 32) sm.cacc[warp][k] = 0.0f;
+        __syncwarp();
+
+        // Walk the blocks that overlap [t_begin, t_end); 32-token chunks go to the warps
+        // in turn.
+        uint64_t base = 0;
+        uint32_t chunk = 0;
+        for (uint32_t b = b0; b < b1 && base < t_end; ++b) {
+            const uint8_t *img = static_cast<const uint8_t *>(P.images[b]);
+            const uint32_t kept = BlockView::rd32(img + 36);
+            const uint64_t lo = std::max<uint64_t>(base, t_begin), hi = std::min<uint64_t>(base + kept, t_end);
+            if (lo < hi) {
+                const BlockView v = BlockView::of(img);
+                const bool fast_bits = FD == 128 && v.codec == kCodecE8 && v.k_bits == 3 && v.v_bits == 2 &&
+                                       ((uintptr_t)img & 15u) == 0;
+                for (uint64_t c0 = lo; c0 < hi; c0 += 32, ++chunk) {
+                    if (chunk % kAttnWarps != warp) continue;
+                    const uint32_t j0 = (uint32_t)(c0 - base), n = (uint32_t)std::min<uint64_t>(32, hi - c0);
+                    if constexpr (FD == 128) {
+                        if (fast_bits) {
+                            attend_chunk<NDL, QC, FD, 3, 2>(P, sm, st, v, kvh, j0, n, seq, qc0, warp, lane);
+                            continue;
+                        }
+                    }
+                    attend_chunk<NDL, QC, FD, 0, 0>(P, sm, st, v, kvh, j0, n, seq, qc0, warp, lane);
+                }
+            }
+            base += kept;
+        }
+
+        // Merge the warps: raw sums rotated forward (y = H S v), plus the rotated sums.
+        if (st.has_raw) {
+            __syncwarp();
+            for (uint32_t k = lane; k < QC * D; k += 32)
+                if (hadamard_sign_negative(k % D)) sm.cacc[warp][k] = -sm.cacc[warp][k];
+            __syncwarp();
+            fwht_shared(sm.cacc[warp], QC, D, nblk, lane, 32, [] { __syncwarp(); });
+        }
+        __syncwarp();
+#pragma unroll
+        for (int c = 0; c < QC; ++c) {
+            const float l = warp_sum(st.l[c]);
+            if (lane == 0) {
+                sm.cm[warp][c] = st.m[c];
+                sm.cl[warp][c] = l;
+            }
+            if constexpr (FD == 128) {
+                // The two half-warps hold sums over different tokens of the same dims.
+#pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                    const float a = st.acc[c][i] + __shfl_xor_sync(0xffffffffu, st.acc[c][i], 16, 32);
+                    if (lane < 16) sm.cacc[warp][c * D + 8 * lane + i] += a;
+                }
+            } else {
+#pragma unroll
+                for (int k = 0; k < NDL; ++k)
+                    if (lane * NDL + k < D) sm.cacc[warp][c * D + lane * NDL + k] += st.acc[c][k];
+            }
+        }
         }  // !mma_done
         __syncthreads();
         if (tid < QC) {
