@@ -19,6 +19,7 @@
 #include "gpu_runtime.h"  // first: the runtime defines __host__/__device__ for the shared headers
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "../../src/attention/attention.h"
@@ -33,6 +34,13 @@ namespace nq {
 namespace gpu {
 
 namespace {
+
+// The tensor-core path (mma.sync, sm_80 and later); the CPU stand-in and HIP keep the
+// CUDA-core kernel.
+#if !defined(NQ_GPU_SIM) && !defined(__HIPCC__) && !defined(NQ_HIP) && !defined(NQ_ATTN_NO_MMA) && \
+    (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)
+#define NQ_ATTN_MMA 1
+#endif
 
 constexpr unsigned kAttnThreads = 128;
 constexpr unsigned kAttnWarps = kAttnThreads / 32;
@@ -61,7 +69,7 @@ struct AttnParams {
     uint32_t window, splits, num_seqs, q_tokens, D, kv_heads, group, nq, dtype;
     uint32_t rot, pairing;  // the context's RoPE (blocks with RoPE removed)
     float rope_m;
-    uint32_t reserved;
+    uint32_t mma;  // 1: head_dim 128 CTAs may take the tensor-core path
     double inv_freq[kMaxFreq];
 };
 
@@ -582,6 +590,498 @@ __device__ void write_output(const AttnParams &P, Smem<NDL, QC> &sm, float *o, u
     __syncthreads();
 }
 
+#if defined(NQ_ATTN_MMA)
+// ---------------------------------------------------------------------------------------
+// Tensor-core path (head_dim 128, fp16/bf16 queries, at most 8 queries per KV head).
+//
+// A warp takes tiles of 16 kept tokens. Logits: S = Q K^T with mma.m16n8k16 (fp16
+// operands, fp32 sums): A = the queries (rows 0-7 the fp16 part of the rotated query,
+// rows 8-15 its rounding residue, so hi + lo logits carry ~22 bits), B = the key codes
+// (16 dims x 8 tokens), decoded from the 3-bit E8 groups straight into fp16 pairs. The
+// order of the 128 dims inside the mma's K dimension is free (the query fragments use
+// the same order): thread t of a quad owns E8 groups 4t..4t+3 (12 code bytes of a row)
+// and each group gives four pairs (i, i + 4). Values: O^T = V^T P^T with the 16 rows of
+// an mma being coordinate i of the E8 groups 2g (rows 0-7) and 2g+1 (rows 8-15) of the
+// 2-bit value codes, the 16 tokens as K and the queries as N: the logits' accumulator
+// layout is the probabilities' B fragment, no exchange. The per-token scales stay out of
+// the operands: s_k multiplies the fp32 logits, s_v the probability (p s_v 2^-E, E the
+// exponent of a reference value scale, keeps it in fp16 range).
+//
+// A codepoint u - 2^(b-1) + c/2 + 1/4 becomes fp16 by or-ing u and the coset bits into
+// the mantissa of a power of two and subtracting a constant (exact): 3 instructions per
+// pair of coordinates. Tiles with raw (fp16) tokens, other bit widths or codecs take a
+// CUDA-core path that feeds the same softmax state.
+// ---------------------------------------------------------------------------------------
+__device__ __forceinline__ void mma_f16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                        uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t hsub2(uint32_t a, uint32_t b) {
+    uint32_t d;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+__device__ __forceinline__ uint32_t f16x2(float lo, float hi) {
+    uint32_t u;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(u) : "f"(hi), "f"(lo));
+    return u;
+}
+__device__ __forceinline__ float f16f(uint32_t h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((uint16_t)h));
+    return f;
+}
+
+// The four pairs (i, i + 4), i = 0..3, of a 3-bit E8 group (24-bit code, higher bits
+// ignored) as fp16x2. Low halves: u at mantissa bits 7-9 of 8 (value 8 + u + c/2 + 1/4),
+// high halves: u at bits 3-5 of 128; minus (12, 132).
+constexpr uint32_t kK3Base0 = 0x58024820u, kK3Base1 = 0x58064860u, kK3Bias = 0x58204a00u;
+__device__ __forceinline__ void k3_pairs(uint32_t code, uint32_t (&h)[4]) {
+    constexpr uint32_t M = 0x00380380u;
+    const uint32_t base = (code & 1u) ? kK3Base1 : kK3Base0;
+    const uint32_t par = (uint32_t)__popc(code & 0x92492u) & 1u;  // low bits of u_0..u_6
+    h[0] = hsub2(((code << 6) & M) | base, kK3Bias);
+    h[1] = hsub2(((code << 3) & M) | base, kK3Bias);
+    h[2] = hsub2((code & M) | base, kK3Bias);
+    h[3] = hsub2(((code >> 3) & 0x380u) | ((code >> 2) & 0x300000u) | (par << 19) | base, kK3Bias);
+}
+
+// Coordinate i of a 2-bit E8 group for two tokens at once: X holds the first token's
+// 16-bit group code in its low half, the second's in its high half. u at mantissa bits
+// 7-8 of 8 (value 8 + u + c/2 + 1/4) in both halves, minus 10.
+constexpr uint32_t kV2Base = 0x48204820u, kV2Bias = 0x49004900u, kV2M = 0x01800180u;
+struct V2Pair {
+    uint32_t X, base, par;
+    __device__ __forceinline__ explicit V2Pair(uint32_t x) : X(x) {
+        base = kV2Base | ((x << 6) & 0x00400040u);
+        uint32_t y = x & 0x2aaa2aaau;  // low bits of u_0..u_6 of each half
+        y ^= y >> 8;
+        y ^= y >> 4;
+        y ^= y >> 2;
+        par = y;  // bits 1 and 17: the parities
+    }
+    template <int I> __device__ __forceinline__ uint32_t get() const {
+        uint32_t s;
+        if constexpr (I == 7)
+            s = ((X >> 7) & 0x01000100u) | ((par << 6) & 0x00800080u);
+        else if constexpr (I < 3)
+            s = (X << (6 - 2 * I)) & kV2M;
+        else
+            s = (X >> (2 * I - 6)) & kV2M;
+        return hsub2(s | base, kV2Bias);
+    }
+};
+
+constexpr uint32_t kMmaTile = 16;
+
+// Per-warp state: the rotated-domain value sums of 16 dims x 2 queries of the thread
+// (times 2^-E), the running max (log2 units) and partial sum of query g = lane / 4.
+struct MmaState {
+    float acc[8][4];
+    float m, l;
+    bool has_raw;
+};
+
+// Shared memory of the path, overlaid on fields of Smem<4, QC> that it does not use:
+// the query fragments in vbuf, per-warp logits / raw weights in pv.
+template <int QC> struct MmaView {
+    uint4 *qf;       // [8 k-steps][32 lanes]
+    float *xs, *pw;  // per warp [16 tokens][QC]
+    float *racc;     // per warp [QC][128]: raw value sums in the original domain
+};
+
+// Online softmax over the 4 logits (log2 units) of the thread's query g; rescales the
+// sums when the max moves. Returns p.
+template <int QC>
+__device__ __forceinline__ void mma_softmax(MmaState &st, const float (&xl)[4], const bool (&vis)[4], float (&p)[4],
+                                            float *racc, float *corr_sm, uint32_t lane) {
+    float mt = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+        if (vis[k]) mt = fmaxf(mt, xl[k]);
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
+    const float mnew = fmaxf(st.m, mt);
+    float corr = 1.0f, sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) p[k] = 0.0f;
+    if (mnew != -INFINITY) {
+        corr = exp2f(st.m - mnew);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            p[k] = vis[k] ? exp2f(xl[k] - mnew) : 0.0f;
+            sum += p[k];
+        }
+    }
+    st.m = mnew;
+    st.l = st.l * corr + sum;
+    if (__any_sync(0xffffffffu, corr != 1.0f)) {
+        const uint32_t t = lane & 3u;
+        const float ca = __shfl_sync(0xffffffffu, corr, (int)(8 * t));
+        const float cb = __shfl_sync(0xffffffffu, corr, (int)(8 * t + 4));
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            st.acc[i][0] *= ca;
+            st.acc[i][1] *= cb;
+            st.acc[i][2] *= ca;
+            st.acc[i][3] *= cb;
+        }
+        if (st.has_raw) {
+            const uint32_t g = lane >> 2;
+            if ((lane & 3u) == 0 && g < (uint32_t)QC) corr_sm[g] = corr;
+            __syncwarp();
+#pragma unroll
+            for (int c = 0; c < QC; ++c) {
+                const float f = corr_sm[c];
+                for (uint32_t d = lane; d < 128; d += 32) racc[c * 128 + d] *= f;
+            }
+            __syncwarp();
+        }
+    }
+}
+
+// Visibility of the thread's 4 tokens (tile rows 2t, 2t+1, 8+2t, 9+2t) for query g.
+template <int QC>
+__device__ __forceinline__ void mma_visible(const AttnParams &P, const BlockView &v, uint32_t h, uint32_t j0,
+                                            uint32_t valid_mask, uint32_t seq, uint32_t lane, bool (&vis)[4]) {
+    const uint32_t g = lane >> 2, t = lane & 3u;
+    const bool qok = g < P.nq && g < (uint32_t)QC;
+    int64_t qp = 0;
+    if (P.qpos && qok) qp = P.qpos[(size_t)seq * P.q_tokens + g / P.group];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const uint32_t r = 2 * t + (k & 1) + 8 * (k >> 1);
+        bool ok = qok && ((valid_mask >> r) & 1u);
+        if (ok && P.qpos) {
+            const int64_t pos = v.position(h, j0 + r);
+            ok = pos <= qp && (P.window == 0 || qp - pos < (int64_t)P.window);
+        }
+        vis[k] = ok;
+    }
+}
+
+__device__ __forceinline__ float mma_logit(const AttnParams &P, float x) {
+    if (P.softcap > 0.0f) x = P.softcap * tanhf(x / P.softcap);
+    return x * kLog2e;
+}
+
+// A tile of n <= 16 coded tokens [j0, j0 + n) of a K3/V2 E8 block (rows past n repeat
+// row j0 and are masked).
+template <int QC>
+__device__ __forceinline__ void mma_fast_tile(const AttnParams &P, const MmaView<QC> &mv, float *corr_sm,
+                                              MmaState &st, const BlockView &v, uint32_t h, uint32_t j0, uint32_t n,
+                                              uint32_t seq, uint32_t lane, float qinv, float vmul) {
+    const uint32_t g = lane >> 2, t = lane & 3u;
+    const uint32_t s0 = j0 - v.fp16_sinks;  // coded slot of row 0
+    auto slot = [&](uint32_t r) { return s0 + (r < n ? r : 0u); };
+    // Key codes of tokens g and 8 + g: 12 bytes each (groups 4t..4t+3).
+    uint32_t wk[2][3];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+        const uint8_t *kc = v.k_codes(h, slot(g + 8 * nt)) + 12 * t;
+        wk[nt][0] = ld_u32(kc);
+        wk[nt][1] = ld_u32(kc + 4);
+        wk[nt][2] = ld_u32(kc + 8);
+    }
+    // Value codes (groups 2g, 2g+1) and scales of tokens 2t, 2t+1, 8+2t, 9+2t.
+    uint32_t wv[4];
+    float sk[4], sv[4];
+    const uint16_t *ks = v.k_scales(h), *vs = v.v_scales(h);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const uint32_t r = 2 * t + (k & 1) + 8 * (k >> 1), sl = slot(r);
+        wv[k] = ld_u32(v.v_codes(h, sl) + 4 * g);
+        sk[k] = bf16_to_f32(ks[sl]);
+        sv[k] = bf16_to_f32(vs[sl]);
+    }
+    bool vis[4];
+    mma_visible<QC>(P, v, h, j0, n >= 32 ? 0xffffffffu : ((1u << n) - 1u), seq, lane, vis);
+
+    float S[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) S[nt][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+        const uint4 qa = mv.qf[(2 * kk) * 32 + lane], qb = mv.qf[(2 * kk + 1) * 32 + lane];
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+            uint32_t code;
+            if (kk == 0)
+                code = wk[nt][0];
+            else if (kk == 1)
+                code = __funnelshift_r(wk[nt][0], wk[nt][1], 24);
+            else if (kk == 2)
+                code = __funnelshift_r(wk[nt][1], wk[nt][2], 16);
+            else
+                code = wk[nt][2] >> 8;
+            uint32_t hp[4];
+            k3_pairs(code, hp);
+            mma_f16(S[nt], qa.x, qa.y, qa.z, qa.w, hp[0], hp[1]);
+            mma_f16(S[nt], qb.x, qb.y, qb.z, qb.w, hp[2], hp[3]);
+        }
+    }
+    float xl[4], p[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const int nt = k >> 1, e = k & 1;
+        xl[k] = mma_logit(P, (S[nt][e] + S[nt][e + 2]) * sk[k] * qinv);
+    }
+    mma_softmax<QC>(st, xl, vis, p, mv.racc, corr_sm, lane);
+    const uint32_t b0 = f16x2(p[0] * sv[0] * vmul, p[1] * sv[1] * vmul);
+    const uint32_t b1 = f16x2(p[2] * sv[2] * vmul, p[3] * sv[3] * vmul);
+    const V2Pair xa0(__byte_perm(wv[0], wv[1], 0x5410)), xa1(__byte_perm(wv[0], wv[1], 0x7632));
+    const V2Pair xb0(__byte_perm(wv[2], wv[3], 0x5410)), xb1(__byte_perm(wv[2], wv[3], 0x7632));
+    mma_f16(st.acc[0], xa0.get<0>(), xa1.get<0>(), xb0.get<0>(), xb1.get<0>(), b0, b1);
+    mma_f16(st.acc[1], xa0.get<1>(), xa1.get<1>(), xb0.get<1>(), xb1.get<1>(), b0, b1);
+    mma_f16(st.acc[2], xa0.get<2>(), xa1.get<2>(), xb0.get<2>(), xb1.get<2>(), b0, b1);
+    mma_f16(st.acc[3], xa0.get<3>(), xa1.get<3>(), xb0.get<3>(), xb1.get<3>(), b0, b1);
+    mma_f16(st.acc[4], xa0.get<4>(), xa1.get<4>(), xb0.get<4>(), xb1.get<4>(), b0, b1);
+    mma_f16(st.acc[5], xa0.get<5>(), xa1.get<5>(), xb0.get<5>(), xb1.get<5>(), b0, b1);
+    mma_f16(st.acc[6], xa0.get<6>(), xa1.get<6>(), xb0.get<6>(), xb1.get<6>(), b0, b1);
+    mma_f16(st.acc[7], xa0.get<7>(), xa1.get<7>(), xb0.get<7>(), xb1.get<7>(), b0, b1);
+}
+
+// Any other tile: raw (fp16) tokens, codes of other widths or codecs. Logits one token
+// per lane on CUDA cores (coded keys against the rotated query, raw ones against the
+// original), the same softmax; coded values through the mma with generically decoded
+// fragments, raw values summed in the original domain (racc, rotated once per pass).
+template <int QC>
+__device__ __noinline__ void mma_slow_tile(const AttnParams &P, const Smem<4, QC> &sm, const MmaView<QC> &mv,
+                                           float *corr_sm, MmaState &st, const BlockView &v, uint32_t h, uint32_t j0,
+                                           uint32_t n, uint32_t seq, uint32_t warp, uint32_t lane, float vmul) {
+    constexpr uint32_t D = 128;
+    const uint32_t g = lane >> 2, t = lane & 3u;
+    const bool e8 = v.codec == kCodecE8;
+    const uint32_t kb = v.k_bits, vb = v.v_bits;
+    float *xs = mv.xs + warp * 32 * QC;
+    float *pw = xs + 16 * QC;
+    // Logits, lane r < n: token j0 + r.
+    const bool valid = lane < n;
+    uint32_t slot = 0;
+    const bool coded = valid && v.coded_slot(j0 + lane, &slot);
+    float x[QC];
+#pragma unroll
+    for (int c = 0; c < QC; ++c) x[c] = 0.0f;
+    if (coded) {
+        const uint8_t *kc = v.k_codes(h, slot);
+        const float skv = bf16_to_f32(v.k_scales(h)[slot]);
+        const uint64_t pm = e8_parity_mask(kb);
+        for (uint32_t gi = 0; gi < D / 8; ++gi) {
+            const uint64_t code = load_group(kc, gi, kb);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const float q = group_value(code, (uint32_t)i, kb, e8, pm);
+#pragma unroll
+                for (int c = 0; c < QC; ++c) x[c] += sm.qrot[c * D + 8 * gi + i] * q;
+            }
+        }
+#pragma unroll
+        for (int c = 0; c < QC; ++c) x[c] *= skv;
+    } else if (valid) {
+        const uint16_t *kr = v.k_raw(h, slot);
+        for (uint32_t d = 0; d < D; ++d) {
+            const float kx = f16_to_f32(kr[d]);
+#pragma unroll
+            for (int c = 0; c < QC; ++c) x[c] += sm.qorig[c * D + d] * kx;
+        }
+    }
+    if (valid)
+#pragma unroll
+        for (int c = 0; c < QC; ++c) xs[lane * QC + c] = x[c];
+    const uint32_t valid_mask = __ballot_sync(0xffffffffu, valid);
+    const uint32_t raw_mask = __ballot_sync(0xffffffffu, valid && !coded);
+    __syncwarp();
+    bool vis[4];
+    mma_visible<QC>(P, v, h, j0, valid_mask, seq, lane, vis);
+    float xl[4], p[4], sv[4];
+    uint32_t vslot[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const uint32_t r = 2 * t + (k & 1) + 8 * (k >> 1);
+        xl[k] = vis[k] ? mma_logit(P, xs[r * QC + (g < (uint32_t)QC ? g : 0u)]) : 0.0f;
+        sv[k] = 0.0f;
+        vslot[k] = 0xffffffffu;
+        uint32_t s;
+        if (((valid_mask & ~raw_mask) >> r) & 1u) {
+            (void)v.coded_slot(j0 + r, &s);
+            vslot[k] = s;
+            sv[k] = bf16_to_f32(v.v_scales(h)[s]);
+        }
+    }
+    if (raw_mask) st.has_raw = true;
+    mma_softmax<QC>(st, xl, vis, p, mv.racc, corr_sm, lane);
+    // Raw tokens' weights for the original-domain sums.
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const uint32_t r = 2 * t + (k & 1) + 8 * (k >> 1);
+        if (((raw_mask >> r) & 1u) && g < (uint32_t)QC) pw[r * QC + g] = p[k];
+    }
+    const uint32_t b0 = f16x2(p[0] * sv[0] * vmul, p[1] * sv[1] * vmul);
+    const uint32_t b1 = f16x2(p[2] * sv[2] * vmul, p[3] * sv[3] * vmul);
+    // Coded values: groups 2g and 2g+1 of the 4 tokens, decoded one coordinate at a time.
+    uint64_t code[4][2];
+    const uint64_t vpm = e8_parity_mask(vb);
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+        for (int q = 0; q < 2; ++q)
+            code[k][q] = vslot[k] != 0xffffffffu ? load_group(v.v_codes(h, vslot[k]), 2 * g + q, vb) : 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        float val[4][2];
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+#pragma unroll
+            for (int q = 0; q < 2; ++q)
+                val[k][q] = vslot[k] != 0xffffffffu ? group_value(code[k][q], (uint32_t)i, vb, e8, vpm) : 0.0f;
+        mma_f16(st.acc[i], f16x2(val[0][0], val[1][0]), f16x2(val[0][1], val[1][1]), f16x2(val[2][0], val[3][0]),
+                f16x2(val[2][1], val[3][1]), b0, b1);
+    }
+    // Raw values, original domain: lane owns dims lane + 32k.
+    if (raw_mask) {
+        __syncwarp();
+        uint32_t rm = raw_mask;
+        while (rm) {
+            const uint32_t r = (uint32_t)__ffs(rm) - 1u;
+            rm &= rm - 1u;
+            uint32_t rs;
+            (void)v.coded_slot(j0 + r, &rs);
+            const uint16_t *vr = v.v_raw(h, rs);
+            float w[QC];
+#pragma unroll
+            for (int c = 0; c < QC; ++c) w[c] = pw[r * QC + c];
+            for (uint32_t d = lane; d < D; d += 32) {
+                const float y = f16_to_f32(vr[d]);
+#pragma unroll
+                for (int c = 0; c < QC; ++c) mv.racc[c * D + d] += w[c] * y;
+            }
+        }
+    }
+    __syncwarp();
+}
+
+// One pass of the tensor-core path over the CTA's tokens [t_begin, t_end): leaves the
+// warp's max, sum and rotated-domain value sums in sm.cm / sm.cl / sm.cacc[warp] as the
+// CUDA-core path does. Every query of the KV head is in this pass (nq <= QC <= 8).
+template <int QC>
+__device__ void mma_pass(const AttnParams &P, Smem<4, QC> &sm, float *misc, uint32_t seq, uint32_t kvh, uint32_t b0,
+                         uint32_t b1, uint64_t t_begin, uint64_t t_end, uint32_t warp, uint32_t lane, float vmul) {
+    constexpr uint32_t D = 128;
+    const uint32_t g = lane >> 2, t = lane & 3u;
+    MmaView<QC> mv;
+    mv.qf = &sm.vbuf[0][0][0];
+    mv.xs = &sm.pv[0][0];
+    mv.pw = nullptr;
+    mv.racc = sm.cacc[warp];
+    float *corr_sm = misc + 8 + 8 * warp;
+    const float qinv = g < (uint32_t)QC ? misc[g] : 0.0f;
+    MmaState st;
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st.acc[i][e] = 0.0f;
+    st.m = -INFINITY;
+    st.l = 0.0f;
+    st.has_raw = false;
+
+    uint64_t base = 0;
+    uint32_t tile = 0;
+    for (uint32_t b = b0; b < b1 && base < t_end; ++b) {
+        const uint8_t *img = static_cast<const uint8_t *>(P.images[b]);
+        const uint32_t kept = BlockView::rd32(img + 36);
+        const uint64_t lo = std::max<uint64_t>(base, t_begin), hi = std::min<uint64_t>(base + kept, t_end);
+        if (lo < hi) {
+            const BlockView v = BlockView::of(img);
+            const bool fast_blk = v.codec == kCodecE8 && v.k_bits == 3 && v.v_bits == 2;
+            const uint32_t jlo = (uint32_t)(lo - base), jhi = (uint32_t)(hi - base);
+            const uint32_t cs = v.fp16_sinks, ce = kept - v.fp16_window;
+            // Sinks, coded tokens, window: tiles start at each region's start.
+            const uint32_t edges[4] = {jlo, std::min(std::max(jlo, cs), jhi), std::min(std::max(jlo, ce), jhi), jhi};
+#pragma unroll 1
+            for (int region = 0; region < 3; ++region) {
+                const uint32_t ra = edges[region], rb = std::max(edges[region], edges[region + 1]);
+                for (uint32_t j0 = ra; j0 < rb; j0 += kMmaTile, ++tile) {
+                    if (tile % kAttnWarps != warp) continue;
+                    const uint32_t n = rb - j0 < kMmaTile ? rb - j0 : kMmaTile;
+                    if (region == 1 && fast_blk)
+                        mma_fast_tile<QC>(P, mv, corr_sm, st, v, kvh, j0, n, seq, lane, qinv, vmul);
+                    else
+                        mma_slow_tile<QC>(P, sm, mv, corr_sm, st, v, kvh, j0, n, seq, warp, lane, vmul);
+                }
+            }
+        }
+        base += kept;
+    }
+
+    // Raw sums rotated forward, then the coded sums added (back to real units).
+    if (st.has_raw) {
+        __syncwarp();
+        for (uint32_t k = lane; k < QC * D; k += 32)
+            if (hadamard_sign_negative(k % D)) sm.cacc[warp][k] = -sm.cacc[warp][k];
+        __syncwarp();
+        fwht_shared(sm.cacc[warp], QC, D, D, lane, 32, [] { __syncwarp(); });
+    }
+    __syncwarp();
+    float l = st.l;
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (t == 0 && g < (uint32_t)QC) {
+        sm.cm[warp][g] = st.m;
+        sm.cl[warp][g] = l;
+    }
+    const float inv_vmul = 1.0f / vmul;
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const uint32_t c = 2 * t + (e & 1), d = 8 * (2 * g + (e >> 1)) + i;
+            if (c < (uint32_t)QC) sm.cacc[warp][c * D + d] += st.acc[i][e] * inv_vmul;
+        }
+}
+
+// Query fragments of the pass from sm.qrot (rotated, scaled): per query a power of two
+// f brings the largest element to [2^13, 2^14); hi = fp16(x f), lo = fp16(x f - hi);
+// misc[g] = 1 / f. Run by one warp.
+template <int QC> __device__ void mma_query_fragments(const AttnParams &P, Smem<4, QC> &sm, float *misc, uint32_t lane) {
+    constexpr uint32_t D = 128;
+    const uint32_t g = lane >> 2, t = lane & 3u;
+    const bool ok = g < (uint32_t)QC && g < P.nq;
+    const float *q = sm.qrot + (ok ? g : 0u) * D;
+    float amax = 0.0f;
+    if (ok)
+        for (uint32_t d = 32 * t; d < 32 * t + 32; ++d) amax = fmaxf(amax, fabsf(q[d]));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    int eb = 127;
+    if (amax > 0.0f) eb = 267 - (int)((__float_as_uint(amax) >> 23) & 0xffu);
+    eb = eb < 1 ? 1 : (eb > 254 ? 254 : eb);
+    const float f = __uint_as_float((uint32_t)eb << 23);
+    if (t == 0 && g < (uint32_t)QC) misc[g] = 1.0f / f;
+    uint4 *qf = &sm.vbuf[0][0][0];
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+        const uint32_t G = 4 * t + (uint32_t)(s >> 1), i0 = 8 * G + 2 * (uint32_t)(s & 1);
+        uint32_t r[4];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const uint32_t i = i0 + (uint32_t)half;  // pair (i, i + 4)
+            const float a = ok ? q[i] * f : 0.0f, b = ok ? q[i + 4] * f : 0.0f;
+            const uint32_t hi = f16x2(a, b);
+            const uint32_t lo = f16x2(a - f16f(hi & 0xffffu), b - f16f(hi >> 16));
+            r[2 * half] = hi;      // rows 0-7: a0a1 (cols 2t..), a4a5 (cols 2t+8..)
+            r[2 * half + 1] = lo;  // rows 8-15
+        }
+        // Register order {a0a1, a2a3, a4a5, a6a7} = {hi pair 0, lo pair 0, hi pair 1, lo pair 1}.
+        qf[s * 32 + lane] = make_uint4(r[0], r[1], r[2], r[3]);
+    }
+}
+#endif  // NQ_ATTN_MMA
+
 template <int NDL, int QC, int FD>
 __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kernel(const NQ_GRID_CONSTANT AttnParams P) {
     __shared__ Smem<NDL, QC> sm;
@@ -594,7 +1094,26 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
     // The sequence's kept tokens (every head keeps as many) and this split's share.
     const uint32_t b0 = P.indptr[seq], b1 = P.indptr[seq + 1];
     uint64_t total = 0;
-    for (uint32_t b = b0; b < b1; ++b) total += BlockView::rd32(static_cast<const uint8_t *>(P.images[b]) + 36);
+    bool use_mma = false;  // CTA-uniform
+    float vmul = 1.0f;     // 2^-E: E the exponent of the sequence's first value scale
+#if defined(NQ_ATTN_MMA)
+    __shared__ float mma_misc[8 + 8 * kAttnWarps];  // 1 / query factor; per-warp rescale factors
+    if constexpr (NDL == 4 && FD == 128) use_mma = P.mma != 0 && P.nq <= (uint32_t)QC;
+#endif
+    for (uint32_t b = b0; b < b1; ++b) {
+        const uint8_t *img = static_cast<const uint8_t *>(P.images[b]);
+        total += BlockView::rd32(img + 36);
+        // Blocks with RoPE removed (keys rotated per position) take the CUDA-core path.
+        if (use_mma && (img[22] == NQ_ROPE_REMOVE || BlockView::rd16(img + 16) != 128 || !aligned16(img)))
+            use_mma = false;
+    }
+    if (use_mma && b0 < b1) {
+        const BlockView v0 = BlockView::of(P.images[b0]);
+        if (v0.coded) {
+            const uint32_t eb = (uint32_t)v0.v_scales(kvh)[0] >> 7 & 0xffu;
+            if (eb > 0 && eb < 255) vmul = __uint_as_float((254u - eb < 1u ? 1u : 254u - eb) << 23);
+        }
+    }
     // Short sequences use fewer splits (at least kMinSplitTokens each): the CTAs past
     // them hand in empty partials, so the merge reads less.
     const uint64_t eff = std::max<uint64_t>(1, std::min<uint64_t>(P.splits, (total + kMinSplitTokens - 1) / kMinSplitTokens));
@@ -619,6 +1138,19 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
         for (uint32_t k = tid; k < QC * D; k += kAttnThreads) sm.qrot[k] *= qrot_scale;
         __syncthreads();
 
+        bool mma_done = false;
+#if defined(NQ_ATTN_MMA)
+        if constexpr (NDL == 4 && FD == 128) {
+            if (use_mma) {
+                for (uint32_t k = lane; k < QC * D; k += 32) sm.cacc[warp][k] = 0.0f;
+                if (warp == 0) mma_query_fragments<QC>(P, sm, mma_misc, lane);
+                __syncthreads();
+                mma_pass<QC>(P, sm, mma_misc, seq, kvh, b0, b1, t_begin, t_end, warp, lane, vmul);
+                mma_done = true;
+            }
+        }
+#endif
+        if (!mma_done) {
         constexpr int AV = acc_width<NDL, FD>();
         WarpState<AV, QC> st;
 #pragma unroll
@@ -688,6 +1220,7 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
                     if (lane * NDL + k < D) sm.cacc[warp][c * D + lane * NDL + k] += st.acc[c][k];
             }
         }
+        }  // !mma_done
         __syncthreads();
         if (tid < QC) {
             float M = -INFINITY, L = 0.0f;
@@ -836,6 +1369,16 @@ int sm_count(int device) {
     return n;
 }
 
+// NQ_ATTENTION_MMA=0 in the environment keeps every call on the CUDA-core kernel (for
+// comparisons); read once.
+bool attention_mma_enabled() {
+    static const bool on = [] {
+        const char *e = std::getenv("NQ_ATTENTION_MMA");
+        return !(e && e[0] == '0');
+    }();
+    return on;
+}
+
 constexpr size_t kWsAlign = 256;
 inline size_t ws_up(size_t x) { return (x + kWsAlign - 1) / kWsAlign * kWsAlign; }
 
@@ -916,6 +1459,9 @@ nq_status gpu_attention(nq_context *ctx, const AttentionCall &call, void *worksp
     double mscale = 1.0;
     if (r.rotary_dims >= 2 && r.rotary_dims <= kMaxHeadDim) rope_inv_freq(r, 0, p.inv_freq, &mscale);
     p.rope_m = (float)mscale;
+    // The tensor-core path rounds the operands to fp16 (the query in two parts, the
+    // probabilities in one): for fp16/bf16 queries and outputs, not f32.
+    p.mma = call.head_dim == 128 && call.dtype != NQ_DTYPE_F32 && attention_mma_enabled() ? 1u : 0u;
     if (call.num_splits > 1) {
         const size_t sh = (size_t)call.num_seqs * call.num_kv_heads;
         uint8_t *ws = static_cast<uint8_t *>(workspace);

@@ -34,6 +34,10 @@ echo "attention tests: rc=$?, $((SECONDS - t0)) s"
 t0=$SECONDS
 timeout 240 $b/bench/gpu/bench_attention --reps ${NQ_BENCH_REPS:-50} > "$out/attention.jsonl" 2> "$out/bench.err"
 echo "bench: rc=$?, $((SECONDS - t0)) s"
+if [ "${NQ_BENCH_AB:-0}" = 1 ]; then  # the same shapes on the CUDA-core kernel, same run
+  NQ_ATTENTION_MMA=0 timeout 120 $b/bench/gpu/bench_attention --reps ${NQ_BENCH_REPS:-50} --check 0 \
+    > "$out/attention-cudacore.jsonl" 2>> "$out/bench.err"
+fi
 if [ -n "${NQ_BENCH_SPLITS:-}" ]; then  # the same shapes with a fixed split count
   timeout 120 $b/bench/gpu/bench_attention --reps ${NQ_BENCH_REPS:-50} --check 0 --splits $NQ_BENCH_SPLITS \
     > "$out/attention-splits.jsonl" 2>> "$out/bench.err"
@@ -75,5 +79,6 @@ fi
 echo "==== bench"
 cat "$out/bench.err" | tail -3
 cat "$out/sdpa.txt"
+[ -f "$out/attention-cudacore.jsonl" ] && { echo "== CUDA-core kernel (NQ_ATTENTION_MMA=0)"; sed -E 's/.*"tokens": ([0-9]+), "batch": ([0-9]+).*"rope": "([a-z]+)".*"splits": ([0-9]+), "fused_us": ([0-9.]+).*/\1 x\2 \3 splits \4: \5 us/' "$out/attention-cudacore.jsonl"; }
 [ -f "$out/attention-splits.jsonl" ] && { echo "== splits $NQ_BENCH_SPLITS"; cut -c1-60,230-330 "$out/attention-splits.jsonl"; }
 tail -5 "$out/sdpa.err"

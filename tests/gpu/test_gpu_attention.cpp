@@ -418,16 +418,19 @@ TEST(GpuAttention, GqaHeadDimsDtypesQueryTokens) {
 
 TEST(GpuAttention, EvictionMasksWindowSoftcap) {
     NQT_REQUIRE_DEVICE();
-    for (int variant = 0; variant < 3; ++variant) {
+    // Variants 3 and 4: head_dim 128 with fp16 queries (the tensor-core path on CUDA
+    // devices) under a sliding window and a soft-cap, lossless (K3/V2 tiles) and with
+    // per-head eviction (other widths).
+    for (int variant = 0; variant < 5; ++variant) {
         AttnCase S;
-        S.D = variant == 1 ? 128 : 64;
-        S.preset = variant == 2 ? NQ_PRESET_MAX : NQ_PRESET_BALANCED;  // evict per head
+        S.D = variant == 1 || variant >= 3 ? 128 : 64;
+        S.preset = variant == 2 ? NQ_PRESET_MAX : (variant == 3 ? NQ_PRESET_LOSSLESS : NQ_PRESET_BALANCED);
         S.rope = variant == 1 ? NQ_ROPE_REMOVE : NQ_ROPE_KEEP;
         S.q_tokens = 2;
         S.masks = true;
         S.window = variant == 0 ? 0 : 60;
-        S.softcap = variant == 2 ? 5.0f : 0.0f;
-        S.dtype = NQ_DTYPE_F32;
+        S.softcap = variant >= 2 ? 5.0f : 0.0f;
+        S.dtype = variant >= 3 ? NQ_DTYPE_F16 : NQ_DTYPE_F32;
 #if defined(NQ_GPU_SIM)
         S.seqs = {{60, 40}, {90}};
 #else
