@@ -58,11 +58,6 @@ nq_status check_image(const nq_context *ctx, const void *image, uint32_t s, uint
     header_read(p, &h);
     if (const char *why = header_validate(h))
         return fail(NQ_ERR_CORRUPT, "desc.block_images[%u] (sequence %u): %s", index, s, why);
-    if (h.flags & kFlagKeyMean)
-        return fail(NQ_ERR_UNSUPPORTED,
-                    "desc.block_images[%u] (sequence %u) uses key centering (header flag bit 3): attention over "
-                    "key-centred blocks is not supported yet; decode the block (nq_decode_block) instead",
-                    index, s);
     if (block_geometry(h).total != h.total_bytes)
         return fail(NQ_ERR_CORRUPT, "desc.block_images[%u] (sequence %u): header.total_bytes does not match its geometry",
                     index, s);
