@@ -358,6 +358,13 @@ typedef struct nq_config {
     const nq_layer_override *overrides; /* copied at context creation */
     uint32_t num_overrides;
     int32_t archive_zstd_level;  /* zstd level of the archive form; 0 = 3; < 0 = no zstd */
+    uint32_t key_centering;      /* 0 (default) off; 1: code keys minus their per-(block, head)
+                                  * mean in the rotated domain, stored at fp16 beside the codes
+                                  * (header flag bit 3, docs/FORMAT.md 1.8). Helps models whose
+                                  * keys carry a large per-channel bias. CPU only: GPU backends
+                                  * return NQ_ERR_UNSUPPORTED for such blocks (compress, decode,
+                                  * copy to device); attention in device memory must not be
+                                  * given them. */
 } nq_config;
 
 /* Fills *cfg with the defaults and sets cfg->size. Always call it first. */
@@ -600,6 +607,7 @@ typedef struct nq_block_info {
     uint64_t code_bytes;
     uint64_t fp16_bytes;
     uint64_t padding_bytes;
+    uint64_t key_mean_bytes;     /* the k_mean section (key centering, FORMAT.md 1.8); 0 without it */
 } nq_block_info;
 
 NQ_API nq_status nq_block_get_info(const nq_block *blk, nq_block_info *out);

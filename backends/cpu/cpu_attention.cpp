@@ -8,7 +8,8 @@
 // kept token decoded to fp32 exactly as nq_decode does (decode_rotated, inverse
 // Hadamard, RoPE at the stored position). The SIMD ISAs read coded tokens in the
 // rotated domain (attention_kernels.h) and decode only keys stored with RoPE removed,
-// 16 at a time, through the decode tile of the codec kernels.
+// 16 at a time, through the decode tile of the codec kernels. Keys of key-centred blocks
+// (FORMAT.md 1.8) go through the reference on every ISA, their mean added back.
 #include <cmath>
 #include <cstring>
 
@@ -176,7 +177,9 @@ class Item {
     // Logits of the chunk into L (pre-scale), then the softmax update into P, then values.
     void chunk(const BlockView &v, uint32_t j, uint32_t n, bool coded) {
         // Positions only where something reads them: masks, RoPE of keys decoded here.
-        if (c_.q_positions || (coded && (!job_.ak || v.rope_mode == NQ_ROPE_REMOVE)))
+        // Key-centred blocks (FORMAT.md 1.8) take the reference key path on every ISA.
+        const bool ref_keys = !job_.ak || v.key_mean();
+        if (c_.q_positions || (coded && (ref_keys || v.rope_mode == NQ_ROPE_REMOVE)))
             for (uint32_t t = 0; t < n; ++t) s_.pos[t] = v.position(g_, j + t);
         if (c_.q_positions && !any_visible(n)) return;
         float kscale = c_.scale;
@@ -184,7 +187,7 @@ class Item {
         v.coded_slot(j, &slot);
         if (!coded) {
             raw_logits(v.k_raw(g_, slot), n);
-        } else if (!job_.ak) {
+        } else if (ref_keys) {
             reference_logits(v, slot, n);
         } else if (v.rope_mode == NQ_ROPE_REMOVE) {
             remove_logits(v, slot, n);
@@ -264,6 +267,10 @@ class Item {
         for (uint32_t t = 0; t < n; ++t) {
             decode_rotated(v.k_codes(g_, slot + t), D_, v.codec, v.k_bits,
                            rd16(reinterpret_cast<const uint8_t *>(v.k_scales(g_) + slot + t)), s_.vbuf);
+            if (v.key_mean()) {
+                const uint8_t *m = reinterpret_cast<const uint8_t *>(v.k_mean(g_));
+                for (uint32_t d = 0; d < D_; ++d) s_.vbuf[d] = s_.vbuf[d] + f16_to_f32(rd16(m + 2 * d));
+            }
             hadamard_inverse(s_.vbuf, D_);
             if (v.rope_mode == NQ_ROPE_REMOVE) {
                 float cf[kMaxHeadDim / 2], sf[kMaxHeadDim / 2], ci[kMaxHeadDim / 2], si[kMaxHeadDim / 2];

@@ -57,8 +57,12 @@ bool store_raw(uint8_t *dst, const float *row, uint32_t D) {
     return finite;
 }
 
-bool encode_vector(float *row, uint32_t D, int codec, int bits, uint8_t *scale_dst, uint8_t *code_dst) {
+// `mean` (fp16 bits, FORMAT.md 1.8) is subtracted after the rotation when given.
+bool encode_vector(float *row, uint32_t D, int codec, int bits, uint8_t *scale_dst, uint8_t *code_dst,
+                   const uint8_t *mean = nullptr) {
     hadamard_forward(row, D);
+    if (mean)
+        for (uint32_t d = 0; d < D; ++d) row[d] = row[d] - f16_to_f32(get_u16(mean + 2 * d));
     uint16_t s;
     if (!vector_scale(row, D, codec, bits, &s)) return false;
     put_u16(scale_dst, s);
@@ -108,6 +112,41 @@ void write_positions(const EncodeJob &job) {
     }
 }
 
+// The key mean of every head (FORMAT.md 1.8) into the k_mean section: the rotated keys
+// of the coded slots summed in float64 in slot order. Runs before any key is coded.
+void write_key_mean(const EncodeJob &job) {
+    const BlockHeader &h = *job.h;
+    const BlockGeometry &g = *job.g;
+    const nq_kv_desc &kv = *job.kv;
+    const uint32_t H = h.num_heads, D = h.head_dim, K = h.tokens_kept;
+    const uint32_t s_end = h.fp16_sinks;
+    uint8_t *mean = job.dst + g.offset[kSecKMean];
+    RopeCache rope;
+    const bool unrotate = h.rope_mode == NQ_ROPE_REMOVE;
+    if (unrotate) rope.init(h);
+    float row[kMaxHeadDim];
+    double sum[kMaxHeadDim];
+    for (uint32_t hd = 0; hd < H; ++hd) {
+        const uint32_t r = job.kept_rows > 1 ? hd : 0;
+        for (uint32_t d = 0; d < D; ++d) sum[d] = 0.0;
+        for (uint32_t c = 0; c < g.coded; ++c) {
+            const uint32_t j = s_end + c;
+            const uint32_t t = job.kept ? job.kept[(size_t)r * K + j] : j;
+            load_row(kv.k, kv.dtype, kv.k_layout, hd, t, D, row);
+            if (unrotate) {
+                rope.at(job.positions[t]);
+                rope_unrotate(row, h.rope_pairing, h.rotary_dims, rope.c_inv, rope.s_inv);
+            }
+            hadamard_forward(row, D);
+            for (uint32_t d = 0; d < D; ++d) sum[d] += (double)row[d];
+        }
+        for (uint32_t d = 0; d < D; ++d) {
+            const float m = g.coded ? (float)(sum[d] / (double)g.coded) : 0.0f;
+            put_u16(mean + ((size_t)hd * D + d) * 2, f32_to_f16(m));
+        }
+    }
+}
+
 nq_status encode_rows_reference(const EncodeJob &job, uint32_t j_begin, uint32_t j_end) {
     const BlockHeader &h = *job.h;
     const BlockGeometry &g = *job.g;
@@ -118,6 +157,7 @@ nq_status encode_rows_reference(const EncodeJob &job, uint32_t j_begin, uint32_t
     RopeCache rope;
     const bool unrotate = h.rope_mode == NQ_ROPE_REMOVE;
     if (unrotate) rope.init(h);
+    const bool centred = (h.flags & kFlagKeyMean) != 0;
 
     float row[kMaxHeadDim];
     // Token-major order so that one RoPE table serves every head when rows are shared.
@@ -142,7 +182,8 @@ nq_status encode_rows_reference(const EncodeJob &job, uint32_t j_begin, uint32_t
                 rope_unrotate(row, h.rope_pairing, h.rotary_dims, rope.c_inv, rope.s_inv);
             }
             if (!encode_vector(row, D, h.codec, h.k_bits, dst + g.offset[kSecKScales] + c * 2,
-                               dst + g.offset[kSecKCodes] + c * g.k_code_bytes))
+                               dst + g.offset[kSecKCodes] + c * g.k_code_bytes,
+                               centred ? dst + g.offset[kSecKMean] + (size_t)hd * D * 2 : nullptr))
                 return coded_row_error("kv.k", hd, t);
             load_row(kv.v, kv.dtype, kv.v_layout, hd, t, D, row);
             if (!encode_vector(row, D, h.codec, h.v_bits, dst + g.offset[kSecVScales] + c * 2,
@@ -183,8 +224,13 @@ void decode_rows_task(void *vp, uint32_t i) {
 
 nq_status cpu_encode(const nq_context *ctx, const EncodeJob &job, void *) {
     FpEnvGuard env;
-    if (const CpuKernels *kn = cpu_kernels(cpu_isa(ctx))) return encode_tiled(ctx, *kn, job);
+    // Key-centred blocks are coded by this reference path on every instruction set (the
+    // SIMD kernels do not subtract a mean), so their bytes are the same everywhere.
+    const bool centred = (job.h->flags & kFlagKeyMean) != 0;
+    if (!centred)
+        if (const CpuKernels *kn = cpu_kernels(cpu_isa(ctx))) return encode_tiled(ctx, *kn, job);
     write_positions(job);
+    if (centred) write_key_mean(job);
     const uint32_t K = job.h->tokens_kept;
     const TaskSplit sp = split_tasks(K, 1, thread_pool_size(cpu_pool(ctx)));
     if (sp.tasks <= 1) return encode_rows_reference(job, 0, K);
@@ -220,6 +266,7 @@ void decode_rows_reference(const nq_block &b, uint32_t begin, const nq_kv_desc &
     RopeCache rope;
     const bool rotate = h.rope_mode == NQ_ROPE_REMOVE;
     if (rotate) rope.init(h);
+    const bool centred = (h.flags & kFlagKeyMean) != 0;
     float row[kMaxHeadDim];
     for (uint32_t j = j_begin; j < j_end; ++j) {
         for (uint32_t hd = 0; hd < H; ++hd) {
@@ -236,6 +283,10 @@ void decode_rows_reference(const nq_block &b, uint32_t begin, const nq_kv_desc &
             const size_t c = (size_t)hd * g.coded + (j - s_end);
             decode_rotated(src + g.offset[kSecKCodes] + c * g.k_code_bytes, D, h.codec, h.k_bits,
                            get_u16(src + g.offset[kSecKScales] + c * 2), row);
+            if (centred) {
+                const uint8_t *mean = src + g.offset[kSecKMean] + (size_t)hd * D * 2;
+                for (uint32_t d = 0; d < D; ++d) row[d] = row[d] + f16_to_f32(get_u16(mean + 2 * d));
+            }
             hadamard_inverse(row, D);
             if (rotate) {
                 rope.at(block_position(b, hd, j));
@@ -253,7 +304,8 @@ void decode_rows_reference(const nq_block &b, uint32_t begin, const nq_kv_desc &
 nq_status cpu_decode(const nq_context *ctx, const nq_block &b, uint32_t begin, uint32_t end, const nq_kv_desc &out,
                      void *) {
     FpEnvGuard env;
-    if (const CpuKernels *kn = cpu_kernels(cpu_isa(ctx))) return decode_tiled(ctx, *kn, b, begin, end, out);
+    if (!(b.h.flags & kFlagKeyMean))
+        if (const CpuKernels *kn = cpu_kernels(cpu_isa(ctx))) return decode_tiled(ctx, *kn, b, begin, end, out);
     const TaskSplit sp = split_tasks(end - begin, 1, thread_pool_size(cpu_pool(ctx)));
     if (sp.tasks <= 1) {
         decode_rows_reference(b, begin, out, begin, end);

@@ -50,6 +50,7 @@ func compiledLayouts() map[string]struct {
 			{"allocator", unsafe.Offsetof(cfg.allocator)}, {"overrides", unsafe.Offsetof(cfg.overrides)},
 			{"num_overrides", unsafe.Offsetof(cfg.num_overrides)},
 			{"archive_zstd_level", unsafe.Offsetof(cfg.archive_zstd_level)},
+			{"key_centering", unsafe.Offsetof(cfg.key_centering)},
 		}},
 		"nq_rope": {unsafe.Sizeof(r), []abiField{
 			{"mode", unsafe.Offsetof(r.mode)}, {"pairing", unsafe.Offsetof(r.pairing)},
@@ -92,6 +93,7 @@ func compiledLayouts() map[string]struct {
 			{"original_bytes", unsafe.Offsetof(bi.original_bytes)}, {"resident_bytes", unsafe.Offsetof(bi.resident_bytes)},
 			{"ratio", unsafe.Offsetof(bi.ratio)}, {"header_bytes", unsafe.Offsetof(bi.header_bytes)},
 			{"padding_bytes", unsafe.Offsetof(bi.padding_bytes)},
+			{"key_mean_bytes", unsafe.Offsetof(bi.key_mean_bytes)},
 		}},
 		"nq_layer_params": {unsafe.Sizeof(lp), []abiField{
 			{"size", unsafe.Offsetof(lp.size)}, {"k_bits", unsafe.Offsetof(lp.k_bits)},

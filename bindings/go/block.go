@@ -83,6 +83,7 @@ type BlockInfo struct {
 	HeaderBytes, PositionBytes   uint64
 	ScaleBytes, CodeBytes        uint64
 	FP16Bytes, PaddingBytes      uint64
+	KeyMeanBytes                 uint64 // the k_mean section (key centering); 0 without it
 }
 
 func (b *Block) Info() (BlockInfo, error) {
@@ -108,6 +109,7 @@ func (b *Block) Info() (BlockInfo, error) {
 		HeaderBytes: uint64(i.header_bytes), PositionBytes: uint64(i.position_bytes),
 		ScaleBytes: uint64(i.scale_bytes), CodeBytes: uint64(i.code_bytes),
 		FP16Bytes: uint64(i.fp16_bytes), PaddingBytes: uint64(i.padding_bytes),
+		KeyMeanBytes: uint64(i.key_mean_bytes),
 	}, nil
 }
 

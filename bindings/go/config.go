@@ -118,7 +118,10 @@ type Config struct {
 	NumThreads    uint32 // CPU threads of the context; 0 = none started
 	// ArchiveZstdLevel: 0 = the library's default (3), < 0 = no zstd.
 	ArchiveZstdLevel int32
-	Overrides        []LayerOverride
+	// KeyCentering codes keys minus their per-(block, head) mean (docs/FORMAT.md 1.8);
+	// CPU only, off by default.
+	KeyCentering bool
+	Overrides    []LayerOverride
 }
 
 // NewConfig returns the library's defaults for numKVHeads heads of headDim.
@@ -158,6 +161,7 @@ func NewConfig(headDim, numKVHeads uint32) Config {
 		},
 		NumThreads:       uint32(c.num_threads),
 		ArchiveZstdLevel: int32(c.archive_zstd_level),
+		KeyCentering:     c.key_centering != 0,
 	}
 }
 
@@ -195,6 +199,9 @@ func (cfg *Config) raw() C.nq_config {
 	r.attention_factor = C.double(cfg.Rope.AttentionFactor)
 	c.num_threads = C.uint32_t(cfg.NumThreads)
 	c.archive_zstd_level = C.int32_t(cfg.ArchiveZstdLevel)
+	if cfg.KeyCentering {
+		c.key_centering = 1
+	}
 	return c
 }
 
@@ -220,6 +227,7 @@ func configFromRaw(c *C.nq_config) Config {
 	cfg.Rope.OriginalMaxPosition = uint32(c.rope.original_max_position)
 	cfg.NumThreads = uint32(c.num_threads)
 	cfg.ArchiveZstdLevel = int32(c.archive_zstd_level)
+	cfg.KeyCentering = c.key_centering != 0
 	return cfg
 }
 

@@ -94,6 +94,7 @@ Plan make_plan(const nq_context *ctx, const nq_kv_desc &kv, const Positions &pos
         h.first_position = (uint64_t)positions[0];
         if (positions[T - 1] - positions[0] < 65536) h.flags |= kFlagPositions16;
     }
+    if (c.key_centering) h.flags |= kFlagKeyMean;
     h.fp16_sinks = std::min(count_below(positions, T, p.lp.fp16_sinks), K);
     h.fp16_window = std::min(p.lp.fp16_window, K - h.fp16_sinks);
     p.g = block_geometry(h);
@@ -230,6 +231,9 @@ nq_status device_prepare(nq_context *ctx, const BackendOps &be, const nq_kv_desc
                          const nq_buffer *dst, bool first_chunk, HostScratch &scratch, nq_kv_desc &kv, BatchItem &gi,
                          nq_block **out) {
     *out = nullptr;
+    if (ctx->cfg.key_centering)
+        return fail(NQ_ERR_UNSUPPORTED,
+                    "config.key_centering: key centering is not supported by GPU backends; compress from host memory");
     if (!kv_in) return fail(NQ_ERR_INVALID_ARGUMENT, "kv is NULL");
     nq_kv_desc_init(&kv);
     NQ_TRY(copy_sized(kv_in, &kv, "nq_kv_desc"));

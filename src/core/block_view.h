@@ -63,6 +63,7 @@ struct BlockView {
         len[kSecVCodes] = H * v.coded * v.v_code_bytes;
         len[kSecKRaw] = H * v.raw * D * 2;
         len[kSecVRaw] = H * v.raw * D * 2;
+        len[kSecKMean] = (v.flags & kFlagKeyMean) ? H * D * 2 : 0;
         uint64_t o = kHeaderBytes;
         for (int s = 0; s < kNumSections; ++s) {
             o = (o + kSectionAlign - 1) / kSectionAlign * kSectionAlign;
@@ -111,6 +112,11 @@ struct BlockView {
     // fp16 bits of raw slot `slot` of head h: head_dim values.
     NQ_HD const uint16_t *k_raw(uint32_t h, uint32_t slot) const {
         return reinterpret_cast<const uint16_t *>(base + off[kSecKRaw]) + ((uint64_t)h * raw + slot) * head_dim;
+    }
+    // fp16 bits of the key mean of head h (FORMAT.md 1.8); only with kFlagKeyMean.
+    NQ_HD bool key_mean() const { return (flags & kFlagKeyMean) != 0; }
+    NQ_HD const uint16_t *k_mean(uint32_t h) const {
+        return reinterpret_cast<const uint16_t *>(base + off[kSecKMean]) + (uint64_t)h * head_dim;
     }
     NQ_HD const uint16_t *v_raw(uint32_t h, uint32_t slot) const {
         return reinterpret_cast<const uint16_t *>(base + off[kSecVRaw]) + ((uint64_t)h * raw + slot) * head_dim;

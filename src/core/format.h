@@ -11,6 +11,8 @@
 //   v_codes    u8 [heads][coded][head_dim*v_bits/8]
 //   k_fp16     f16 [heads][raw][head_dim]   raw = fp16 sinks then fp16 window tokens
 //   v_fp16     f16 [heads][raw][head_dim]
+//   k_mean     f16 [heads][head_dim]        only with kFlagKeyMean: the per-head mean
+//                                           of the coded keys in the rotated domain
 // kept = raw + coded; the kept tokens of a head in order of original position are:
 // fp16 sinks, coded tokens, fp16 window.
 #pragma once
@@ -32,6 +34,7 @@ enum BlockFlags : uint32_t {
     kFlagPositionsPerHead = 1u << 0,
     kFlagPositionsContiguous = 1u << 1,
     kFlagPositions16 = 1u << 2,  // positions stored as u16 offsets from first_position
+    kFlagKeyMean = 1u << 3,      // k_mean section present; coded keys are centred on it
 };
 
 enum Section : int {
@@ -42,6 +45,7 @@ enum Section : int {
     kSecVCodes,
     kSecKRaw,
     kSecVRaw,
+    kSecKMean,  // f16 [heads][head_dim], only with kFlagKeyMean (FORMAT.md 1.8)
     kNumSections
 };
 

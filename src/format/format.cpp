@@ -33,6 +33,7 @@ BlockGeometry block_geometry(const BlockHeader &h) {
     g.length[kSecVCodes] = H * g.coded * g.v_code_bytes;
     g.length[kSecKRaw] = H * g.raw * D * 2;
     g.length[kSecVRaw] = H * g.raw * D * 2;
+    g.length[kSecKMean] = (h.flags & kFlagKeyMean) ? H * D * 2 : 0;
     uint64_t off = kHeaderBytes;
     for (int s = 0; s < kNumSections; ++s) {
         off = align_up(off, kSectionAlign);
@@ -114,7 +115,7 @@ void header_read(const uint8_t *d, BlockHeader *h) {
 static bool finite_pos(double x) { return x > 0.0 && x < 1e300; }
 
 const char *header_validate(const BlockHeader &h) {
-    if (h.flags & ~(uint32_t)(kFlagPositionsPerHead | kFlagPositionsContiguous | kFlagPositions16))
+    if (h.flags & ~(uint32_t)(kFlagPositionsPerHead | kFlagPositionsContiguous | kFlagPositions16 | kFlagKeyMean))
         return "header.flags has unknown bits";
     if ((h.flags & kFlagPositionsContiguous) && (h.flags & kFlagPositions16))
         return "header.flags: contiguous positions store no offsets";

@@ -144,7 +144,7 @@ inline BlockSummary describe(const nq_block *b) {
     const nq_block_info &i = s.info;
     FUZZ_CHECK(i.tokens_kept >= 1 && i.tokens_kept <= i.tokens_in);
     FUZZ_CHECK(i.fp16_sinks + (uint64_t)i.fp16_window <= i.tokens_kept);
-    FUZZ_CHECK(i.header_bytes + i.position_bytes + i.scale_bytes + i.code_bytes + i.fp16_bytes + i.padding_bytes ==
+    FUZZ_CHECK(i.header_bytes + i.position_bytes + i.scale_bytes + i.code_bytes + i.fp16_bytes + i.padding_bytes + i.key_mean_bytes ==
                i.resident_bytes);
     FUZZ_CHECK(i.padding_bytes < 16 * 8);
     const void *data = nullptr;

@@ -48,6 +48,8 @@ const Case kCases[] = {
   {"scalar_k7v5_f16_per_head_gapped",      207, 2, 64,  32, F16,  SQ,  7, 5, REMOVE, SPLIT,  0, NOSCALE, 1.0,  0,   PER_HEAD, 0.5f,  2,   2,  1,   1,   0,   KEYNORM, GAPPED, 0,     false, false},
   {"scalar_k8v6_bf16_paged_given",         208, 2, 32,  32, BF16, SQ,  8, 6, NONE,   SPLIT,  0, NOSCALE, 1.0,  0,   PAGED,    0.5f,  0,   4,  0,   0,   4,   GIVEN,   CONTIG, 0,     false, false},
   {"scalar_k3v3_f32_head_shared_given",    209, 2, 64,  32, F32,  SQ,  3, 3, REMOVE, SPLIT,  0, NOSCALE, 1.0,  0,   SHARED,   0.5f,  2,   4,  0,   0,   0,   GIVEN,   GAPPED, 4,     false, false},
+  // key centering (FORMAT.md 1.8): header flag bit 3 and the k_mean section
+  {"e8_k3v2_f16_per_head_key_mean",        115, 2, 64,  40, F16,  E8,  3, 2, REMOVE, SPLIT,  0, NOSCALE, 1.0,  0,   PER_HEAD, 0.25f, 2,   4,  1,   2,   0,   KEYNORM, GAPPED, 0,     true,  false, 1},
 };
 // clang-format on
 

@@ -200,6 +200,7 @@ nq_config config_for(const Case &c, nq_cpu_isa isa, uint32_t threads, int zstd_l
     cfg.cpu_isa = isa;
     cfg.num_threads = threads;
     cfg.archive_zstd_level = zstd_level;
+    cfg.key_centering = c.key_centering;
     return cfg;
 }
 

@@ -191,7 +191,7 @@ TEST(GoldenFiles, StoredInputsAreTheGeneratorsOutput) {
 TEST(GoldenFiles, CasesCoverTheFormatsVariants) {
     std::set<int> bits[3][2], rope_modes, pairings, scalings, dtypes, evict_modes, head_dims;
     bool contiguous = false, u16 = false, u32 = false, per_head_rows = false, sinks = false, window = false;
-    bool no_eviction = false, zero_scale = false;
+    bool no_eviction = false, zero_scale = false, key_mean = false;
     for (const Case &c : cases()) {
         const Inputs in = generate(c);
         nq_config cfg = config_for(c, NQ_ISA_SCALAR, 1, -1);
@@ -223,6 +223,8 @@ TEST(GoldenFiles, CasesCoverTheFormatsVariants) {
         per_head_rows |= (flags & 1) != 0;
         sinks |= u32_at(40) > 0;
         window |= u32_at(44) > 0;
+        key_mean |= (flags & 8) != 0;
+        EXPECT_EQ((flags & 8) != 0, c.key_centering != 0) << c.name << ": header flag bit 3 (key mean)";
         // A zero bf16 scale: the first K scale section entry of some token is 0.
         nq_block_info info{};
         info.size = sizeof info;
@@ -244,6 +246,7 @@ TEST(GoldenFiles, CasesCoverTheFormatsVariants) {
     EXPECT_EQ(dtypes, (std::set<int>{1, 2, 3}));
     EXPECT_EQ(evict_modes, (std::set<int>{1, 2, 3}));
     EXPECT_GE(head_dims.size(), 4u);
+    EXPECT_TRUE(key_mean) << "no case has a key mean (flag bit 3)";
     EXPECT_TRUE(no_eviction && contiguous && u16 && u32 && per_head_rows && sinks && window && zero_scale)
         << "no_eviction " << no_eviction << " contiguous " << contiguous << " u16 " << u16 << " u32 " << u32
         << " per_head " << per_head_rows << " fp16 sinks " << sinks << " fp16 window " << window << " zero scale "

@@ -112,7 +112,8 @@ int run(const Args &a) {
             j.u64("original_bytes", n.original_bytes).u64("resident_bytes", n.resident_bytes);
             j.begin_object("resident_breakdown").u64("header", n.header_bytes).u64("positions", n.position_bytes);
             j.u64("scales", n.scale_bytes).u64("codes", n.code_bytes).u64("fp16", n.fp16_bytes);
-            j.u64("padding", n.padding_bytes).end_object();
+            j.u64("key_mean", n.key_mean_bytes).u64("padding", n.padding_bytes).end_object();
+            j.boolean("key_centering", n.key_mean_bytes != 0);
             j.num("resident_ratio", n.ratio).num("archive_ratio", (double)n.original_bytes / (double)r.archive_bytes);
             j.end_object();
         }
@@ -148,15 +149,15 @@ int run(const Args &a) {
                     r.checksum.c_str(), group_digits(n.resident_bytes).c_str(), group_digits(r.archive_bytes).c_str(),
                     (double)n.original_bytes / (double)r.archive_bytes);
     }
-    std::printf("\nresident bytes by section:\n%5s %8s %10s %10s %12s %10s %8s\n", "block", "header", "positions",
-                "scales", "codes", "fp16", "padding");
+    std::printf("\nresident bytes by section:\n%5s %8s %10s %10s %12s %10s %8s %8s\n", "block", "header", "positions",
+                "scales", "codes", "fp16", "key_mean", "padding");
     for (size_t i = 0; i < reports.size(); ++i) {
         if (!reports[i].valid) continue;
         const nq_block_info &n = reports[i].info;
-        std::printf("%5zu %8llu %10llu %10llu %12llu %10llu %8llu\n", i, (unsigned long long)n.header_bytes,
+        std::printf("%5zu %8llu %10llu %10llu %12llu %10llu %8llu %8llu\n", i, (unsigned long long)n.header_bytes,
                     (unsigned long long)n.position_bytes, (unsigned long long)n.scale_bytes,
                     (unsigned long long)n.code_bytes, (unsigned long long)n.fp16_bytes,
-                    (unsigned long long)n.padding_bytes);
+                    (unsigned long long)n.key_mean_bytes, (unsigned long long)n.padding_bytes);
     }
     std::printf("\ntotals: original fp16 %s bytes, resident %s, archives %s, file %s (container framing %llu)\n",
                 group_digits(original).c_str(), group_digits(resident).c_str(), group_digits(archive).c_str(),

@@ -32,7 +32,8 @@
     "  --rope-theta X        RoPE base (default 10000)\n"                                      \
     "  --rope-pairing P      split (default: Llama, Mistral, Qwen) or interleaved (GPT-J)\n"    \
     "  --rotary-dims N       rotated leading dims (default: head_dim)\n"                       \
-    "  --zstd-level N        zstd level of the archive form, 1..19, or -1 for none (default 3)\n"
+    "  --zstd-level N        zstd level of the archive form, 1..19, or -1 for none (default 3)\n" \
+    "  --key-centering       code keys minus their per-(block, head) mean (CPU only; off)\n"
 
 #define NQ_HELP_RUNTIME                                                                        \
     "runtime:\n"                                                                               \

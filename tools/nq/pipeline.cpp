@@ -10,7 +10,8 @@ std::vector<OptSpec> pipeline_specs() {
     return {{"preset", true},     {"k-bits", true},     {"v-bits", true},       {"evict", true},
             {"evict-mode", true}, {"page-size", true},  {"codec", true},        {"rope", true},
             {"rope-theta", true}, {"rope-pairing", true}, {"rotary-dims", true}, {"isa", true},
-            {"backend", true},    {"threads", true},    {"zstd-level", true}};
+            {"backend", true},    {"threads", true},    {"zstd-level", true},
+            {"key-centering", false}};
 }
 
 namespace {
@@ -65,6 +66,7 @@ PipelineOptions parse_pipeline(const Args &a) {
         if (v > 19 || (neg && v == 0)) throw CliError("--zstd-level " + z + ": must be 1..19, or -1 for no zstd");
         o.zstd_level = neg ? -1 : (int32_t)v;
     }
+    o.key_centering = a.has("key-centering");
     return o;
 }
 
@@ -89,6 +91,7 @@ ContextPtr make_context(const PipelineOptions &o, uint32_t head_dim, uint32_t he
     c.cpu_isa = o.isa;
     c.num_threads = o.threads;
     c.archive_zstd_level = o.zstd_level;
+    c.key_centering = o.key_centering ? 1u : 0u;
     nq_context *ctx = nullptr;
     check(nq_context_create(&c, &ctx), "creating the context");
     return ContextPtr(ctx);

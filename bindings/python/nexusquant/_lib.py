@@ -53,7 +53,7 @@ class Config(ctypes.Structure):
                 ("sink_tokens", i32), ("recent_window", i32), ("fp16_sinks", i32), ("fp16_window", i32),
                 ("rope", Rope), ("backend", c_int), ("device", i32), ("cpu_isa", c_int), ("num_threads", u32),
                 ("allocator", Allocator), ("overrides", ctypes.POINTER(LayerOverride)), ("num_overrides", u32),
-                ("archive_zstd_level", i32)]
+                ("archive_zstd_level", i32), ("key_centering", u32)]
 
 
 class LayerParams(ctypes.Structure):
@@ -91,7 +91,7 @@ class BlockInfo(ctypes.Structure):
                 ("memory", c_int), ("device", i32), ("reserved0", u32), ("first_position", i64),
                 ("last_position", i64), ("original_bytes", u64), ("resident_bytes", u64), ("ratio", f64),
                 ("header_bytes", u64), ("position_bytes", u64), ("scale_bytes", u64), ("code_bytes", u64),
-                ("fp16_bytes", u64), ("padding_bytes", u64)]
+                ("fp16_bytes", u64), ("padding_bytes", u64), ("key_mean_bytes", u64)]
 
 
 class BlockPeekInfo(ctypes.Structure):

@@ -314,6 +314,7 @@ class Context:
 
     preset: lossless | high | conservative | balanced | max | aggressive | S | M | L | XL | custom
     k_bits / v_bits / evict override the preset; target_ratio plans bits and eviction.
+    key_centering codes keys minus their per-(block, head) mean (CPU only; off by default).
     """
 
     def __init__(self, head_dim: int, num_kv_heads: int, num_q_heads: int = 0, *, preset: str = "lossless",
@@ -322,7 +323,8 @@ class Context:
                  sink_tokens: Optional[int] = None, recent_window: Optional[int] = None,
                  fp16_sinks: Optional[int] = None, fp16_window: Optional[int] = None, codec: str = "e8",
                  rope: Optional[RopeSpec] = None, backend: str = "auto", device: int = 0, cpu_isa: str = "auto",
-                 num_threads: int = 0, overrides=None, num_layers: int = 0, zstd_level: int = 0):
+                 num_threads: int = 0, overrides=None, num_layers: int = 0, zstd_level: int = 0,
+                 key_centering: bool = False):
         lib = L.lib()
         c = L.Config()
         lib.nq_config_init(ctypes.byref(c))
@@ -353,6 +355,7 @@ class Context:
         c.rope.beta_fast, c.rope.beta_slow, c.rope.attention_factor = r.beta_fast, r.beta_slow, r.attention_factor
         c.backend, c.device, c.cpu_isa, c.num_threads = BACKEND[backend], device, ISA[cpu_isa], num_threads
         c.archive_zstd_level = zstd_level
+        c.key_centering = 1 if key_centering else 0
         self._overrides = None
         if overrides:
             arr = (L.LayerOverride * len(overrides))()

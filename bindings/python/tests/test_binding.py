@@ -53,6 +53,22 @@ def test_round_trip_numpy(dtype):
     assert info["ratio"] == pytest.approx(info["original_bytes"] / info["resident_bytes"])
 
 
+def test_key_centering_biased_keys():
+    r = rng()
+    offset = 30.0 * r.standard_normal((2, 1, 64))
+    k = (offset + r.standard_normal((2, 200, 64))).astype(np.float32)
+    v = r.standard_normal((2, 200, 64)).astype(np.float32)
+    kw = dict(preset="custom", k_bits=3, v_bits=2, evict=0.0, fp16_sinks=0, fp16_window=0, rope=RopeSpec(mode="none"))
+    plain, centred = Context(64, 2, **kw), Context(64, 2, key_centering=True, **kw)
+    bp, bc = plain.compress(k, v), centred.compress(k, v)
+    assert bp.info()["key_mean_bytes"] == 0
+    assert bc.info()["key_mean_bytes"] == 2 * 64 * 2
+    resid = k - k.astype(np.float64).mean(axis=1, keepdims=True)
+    kp, _ = plain.decode(bp)
+    kc, _ = centred.decode(bc)
+    assert snr_db(resid, kc - (k - resid)) > snr_db(resid, kp - (k - resid)) + 10.0
+
+
 def test_non_contiguous_input_and_range_decode():
     r = rng()
     base_k = r.standard_normal((200, 2, 32)).astype(np.float32)  # [tokens, heads, dim]

@@ -308,6 +308,11 @@ impl Config {
         self.raw.archive_zstd_level = level.unwrap_or(-1);
         self
     }
+    /// Code keys minus their per-(block, head) mean (docs/FORMAT.md 1.8); CPU only, off by default.
+    pub fn key_centering(mut self, on: bool) -> Config {
+        self.raw.key_centering = on as u32;
+        self
+    }
     pub fn layer_override(mut self, o: LayerOverride) -> Config {
         self.overrides.push(sys::nq_layer_override {
             layer_begin: o.layer_begin,

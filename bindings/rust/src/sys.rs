@@ -236,6 +236,7 @@ c_structs! {
         pub overrides: *const nq_layer_override,
         pub num_overrides: u32,
         pub archive_zstd_level: i32,
+        pub key_centering: u32,
     }
     pub struct nq_layer_params {
         pub size: usize,
@@ -323,6 +324,7 @@ c_structs! {
         pub code_bytes: u64,
         pub fp16_bytes: u64,
         pub padding_bytes: u64,
+        pub key_mean_bytes: u64,
     }
     pub struct nq_block_peek_info {
         pub size: usize,
