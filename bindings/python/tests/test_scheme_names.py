@@ -24,3 +24,11 @@ def test_presets_and_fixed_points_resolve_exactly():
 def test_malformed_names_are_rejected(bad):
     with pytest.raises(KeyError):
         get_scheme(bad)
+
+
+def test_library_key_centring_option():
+    s = get_scheme("e8-k3v2-kc").lib_scheme
+    assert (s.k_bits, s.v_bits, s.key_centering, s.center_k, s.center_v) == (3, 2, True, False, False)
+    assert get_scheme("e8-k3v2").lib_scheme.key_centering is False
+    p = get_scheme("lossless-kc").lib_scheme
+    assert (p.preset, p.profile, p.key_centering) == ("lossless", "auto", True)

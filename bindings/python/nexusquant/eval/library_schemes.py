@@ -43,6 +43,9 @@ class LibraryScheme:
     # add it back after decoding. Needs the model's RoPE (passed as `rope`) for keys.
     center_k: bool = False
     center_v: bool = False
+    # The library's own key centring (nq_config.key_centering, docs/FORMAT.md 1.8): the
+    # per-(block, head) key mean is taken out and stored in the block by the C library.
+    key_centering: bool = False
 
     def settings(self, shape: dict, model_name: str) -> dict:
         """Context settings: the model profile's (when asked for and matching), then ours."""
@@ -57,7 +60,7 @@ class LibraryScheme:
         shape = {"num_layers": n_layers, "num_q_heads": q_heads, "num_kv_heads": kv_heads, "head_dim": head_dim}
         return Context(head_dim, kv_heads, q_heads, preset=self.preset, num_layers=n_layers,
                        rope=RopeSpec(mode=self.rope_mode, pairing="split", theta=rope_theta),
-                       **self.settings(shape, model_name))
+                       key_centering=self.key_centering, **self.settings(shape, model_name))
 
     def apply(self, cache: KVCache, *, q_heads: int, rope_theta: float, queries=None, model_name: str = "",
               rope=None):
@@ -106,6 +109,8 @@ class LibraryScheme:
             raise ValueError("center_k needs the model's RoPE")
         kv_heads = cache.n_kv_heads
         head_dim = cache.keys[0][0].shape[-1]
+        if self.key_centering:
+            raise ValueError("key_centering (-kc) and the emulated centring (-ck / -cv) are exclusive")
         first = replace(self, center_k=False, center_v=False)
         ctx1 = first.context(head_dim, kv_heads, q_heads, rope_theta, cache.n_layers, model_name)
         keys, values, positions, bits = [], [], [], []
@@ -183,6 +188,8 @@ def library_schemes() -> dict:
     # rotated keys quantised as they are (what attention over compressed blocks reads
     # without a per-key decode): the quality side of that choice
     s["lossless-keep"] = LibraryScheme("lossless-keep", preset="lossless", profile="auto", rope_mode="keep")
+    # the library's key centring (nq_config.key_centering) on the lossless preset
+    s["lossless-kc"] = LibraryScheme("lossless-kc", preset="lossless", profile="auto", key_centering=True)
     s["lossless-generic-keep"] = LibraryScheme("lossless-generic-keep", preset="lossless", rope_mode="keep")
     s["balanced-generic-keep"] = LibraryScheme("balanced-generic-keep", preset="balanced", rope_mode="keep")
     # experimental: the generic presets with the per-head key and value means taken out
@@ -200,8 +207,9 @@ def library_schemes() -> dict:
 #   {e8|scalar}-k{K}v{V}[-e{evict}][-s{fp16 sinks}][-w{fp16 window}][-r{recent window}]
 #                      [-t{sink tokens}][-shared|-paged][-norm][-keep][-p{pool}][-L{a}:{b}k{K}v{V}...]
 #                      [-ck][-cv]   (experimental: per-head mean of keys / values taken out, see center_k)
+#                      [-kc]        (the library's key centring, nq_config.key_centering)
 # e.g. e8-k3v2-e0.6-w16-r16, e8-k2v2-e0.4-shared, e8-k3v2-L0:2k4v3 (layers 0..1 at K4/V3).
-_OPTION = r"-e[0-9.]+|-[swrtp]\d+|-shared|-paged|-norm|-keep|-ck|-cv|-L-?\d+:-?\d+k\dv\d"
+_OPTION = r"-e[0-9.]+|-[swrtp]\d+|-shared|-paged|-norm|-keep|-ck|-cv|-kc|-L-?\d+:-?\d+k\dv\d"
 PATTERN = r"(e8|scalar)-k(\d)v(\d)((?:" + _OPTION + r")*)"
 
 
@@ -225,6 +233,8 @@ def parse_scheme(m) -> LibraryScheme:
             s.center_k = True
         elif opt == "-cv":
             s.center_v = True
+        elif opt == "-kc":
+            s.key_centering = True
         else:
             setattr(s, fields[opt[1]], int(opt[2:]))
     return s

@@ -174,4 +174,4 @@ def _register_library():
         return
     for name, ls in library_schemes().items():
         register(name, lambda s=ls: LibraryAdapter(s))
-    register_pattern(PATTERN, lambda m: LibraryAdapter(parse_scheme(m)), "{e8|scalar}-kKvV[-eE][-sS][-wW][-rR][-tT][-shared|-paged][-norm][-keep][-ck][-cv][-pP][-La:bkKvV]")
+    register_pattern(PATTERN, lambda m: LibraryAdapter(parse_scheme(m)), "{e8|scalar}-kKvV[-eE][-sS][-wW][-rR][-tT][-shared|-paged][-norm][-keep][-ck][-cv][-kc][-pP][-La:bkKvV]")
