@@ -368,7 +368,7 @@ nq_status gpu_compress(nq_context *ctx, const BatchItem *items, size_t n, void *
         e.rope = rope[i];
         for (int s = 0; s < kNumSections; ++s) e.off[s] = g.offset[s];
         e.off[kNumSections] = g.total;
-        for (int s = 0; s < 8; ++s) e.gap_begin[s] = e.gap_end[s] = 0;
+        for (int s = 0; s < kNumSections; ++s) e.gap_begin[s] = e.gap_end[s] = 0;
         for (int s = 0; s < kNumSections; ++s) {
             e.gap_begin[s] = g.offset[s] + g.length[s];
             e.gap_end[s] = s + 1 < kNumSections ? g.offset[s + 1] : g.total;

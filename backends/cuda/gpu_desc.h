@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "gpu_runtime.h"
+#include "../../src/core/format.h"
 
 namespace nq {
 namespace gpu {
@@ -30,7 +31,7 @@ __device__ __forceinline__ int64_t layout_offset(const Layout &l, uint32_t h, ui
     return (int64_t)h * l.stride_head + (int64_t)t * l.stride_token;
 }
 
-constexpr uint32_t kMetaUnits = 256;  // per item: 128 header bytes + 8 gaps of < 16 bytes
+constexpr uint32_t kMetaUnits = 128 + 16 * kNumSections;  // per item: the header bytes + one gap (< 16 bytes) per section
 
 // One item of a compress batch: one block to write.
 struct EncodeItem {
@@ -41,8 +42,8 @@ struct EncodeItem {
     const uint32_t *positions;   // absolute position of every input token, or NULL: start_position + t
     const uint32_t *kept;        // [kept_rows][K] input indices, or NULL: every token
     const RopeCS *rope;          // inverse tables [position][rotary_dims / 2] when unrotating
-    uint64_t off[8];             // section offsets (off[7] = total)
-    uint64_t gap_begin[8], gap_end[8];  // byte ranges to zero (padding)
+    uint64_t off[kNumSections + 1];  // section offsets, then the total
+    uint64_t gap_begin[kNumSections], gap_end[kNumSections];  // byte ranges to zero (padding)
     uint64_t row_begin;          // first work row: items hold 2 * H * K rows (K rows, then V rows)
     uint64_t pos_begin;          // first position entry: pos_rows * K entries
     uint32_t start_position, first_position;
@@ -63,7 +64,7 @@ struct DecodeParams {
     void *v;
     Layout kl, vl;
     const RopeCS *rope;          // forward tables [position][rotary_dims / 2] when rotating
-    uint64_t off[8];
+    uint64_t off[kNumSections + 1];  // section offsets, then the total
     uint32_t begin;              // first block token of the launch
     uint32_t out_begin;          // its destination token index
     uint32_t count;              // tokens of the launch
