@@ -42,6 +42,12 @@ namespace {
 #define NQ_ATTN_MMA 1
 #endif
 
+#if defined(NQ_GPU_SIM) || defined(__HIPCC__) || defined(NQ_HIP)
+#define NQ_ATTN_NOINLINE  // HIP: a call would make the LDS of every kernel count for each
+#else
+#define NQ_ATTN_NOINLINE __noinline__
+#endif
+
 constexpr unsigned kAttnThreads = 128;
 constexpr unsigned kAttnWarps = kAttnThreads / 32;
 constexpr uint32_t kMaxFreq = kMaxHeadDim / 2;
@@ -233,7 +239,7 @@ template <int NDL, int QC> struct Smem {
     float pv[kAttnWarps][32 * QC];      // per warp: p (times s_v for coded tokens)
     float row[kAttnWarps][DMAX];        // per warp: one key decoded with RoPE (mode REMOVE)
     float cm[kAttnWarps][QC], cl[kAttnWarps][QC];
-    float cacc[kAttnWarps][QC * DMAX];  // per warp: raw value sums, then all sums; then the merged output
+    alignas(16) float cacc[kAttnWarps][QC * DMAX];  // per warp: raw value sums, then all sums; then the merged output
     float fm[QC], fl[QC];
     float sw[QC][kMaxAttentionSplits];  // merging splits: max, then weight of each split
     float sl[QC][kMaxAttentionSplits];  // merging splits: sum of each split
@@ -693,6 +699,14 @@ template <int QC> struct MmaView {
     float *racc;     // per warp [QC][128]: raw value sums in the original domain
 };
 
+// 2^x by the special-function unit (2 ulp; -inf gives 0): the fp16 probabilities carry
+// 11 bits.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // Online softmax over the 4 logits (log2 units) of the thread's query g; rescales the
 // sums when the max moves. Returns p.
 template <int QC>
@@ -709,10 +723,10 @@ __device__ __forceinline__ void mma_softmax(MmaState &st, const float (&xl)[4], 
 #pragma unroll
     for (int k = 0; k < 4; ++k) p[k] = 0.0f;
     if (mnew != -INFINITY) {
-        corr = exp2f(st.m - mnew);
+        corr = fast_exp2(st.m - mnew);
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            p[k] = vis[k] ? exp2f(xl[k] - mnew) : 0.0f;
+            p[k] = vis[k] ? fast_exp2(xl[k] - mnew) : 0.0f;
             sum += p[k];
         }
     }
@@ -751,11 +765,17 @@ __device__ __forceinline__ void mma_visible(const AttnParams &P, const BlockView
     const bool qok = g < P.nq && g < (uint32_t)QC;
     int64_t qp = 0;
     if (P.qpos && qok) qp = P.qpos[(size_t)seq * P.q_tokens + g / P.group];
+    // Positions first_position + j (no positions section): the tile's range decides at once.
+    bool all_in = P.qpos == nullptr;
+    if (!all_in && v.pos_rows == 0) {
+        const int64_t lo = (int64_t)(v.first_position + j0), hi = lo + 15;
+        all_in = hi <= qp && (P.window == 0 || qp - lo < (int64_t)P.window);
+    }
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
         const uint32_t r = 2 * t + (k & 1) + 8 * (k >> 1);
         bool ok = qok && ((valid_mask >> r) & 1u);
-        if (ok && P.qpos) {
+        if (ok && !all_in) {
             const int64_t pos = v.position(h, j0 + r);
             ok = pos <= qp && (P.window == 0 || qp - pos < (int64_t)P.window);
         }
@@ -768,35 +788,71 @@ __device__ __forceinline__ float mma_logit(const AttnParams &P, float x) {
     return x * kLog2e;
 }
 
-// A tile of n <= 16 coded tokens [j0, j0 + n) of a K3/V2 E8 block (rows past n repeat
-// row j0 and are masked).
-template <int QC>
-__device__ __forceinline__ void mma_fast_tile(const AttnParams &P, const MmaView<QC> &mv, float *corr_sm,
-                                              MmaState &st, const BlockView &v, uint32_t h, uint32_t j0, uint32_t n,
-                                              uint32_t seq, uint32_t lane, float qinv, float vmul) {
+// The global loads of a fast tile, issued a tile ahead of their use. Nothing reads a
+// loaded register before the next tile (a use right after the load would wait for it).
+struct FastLoads {
+    uint32_t wk[2][3];  // key codes of tokens g and 8 + g (groups 4t..4t+3)
+    uint32_t wv[4];     // value codes (groups 2g, 2g+1) of tokens 2t, 2t+1, 8+2t, 9+2t
+    uint32_t ks[2], vs[2];  // bf16 scales of tokens (2t, 2t+1) and (8+2t, 9+2t), low half first
+};
+__device__ __forceinline__ void mma_fast_load(FastLoads &L, const BlockView &v, uint32_t h, uint32_t j0, uint32_t n,
+                                              uint32_t lane) {
     const uint32_t g = lane >> 2, t = lane & 3u;
-    const uint32_t s0 = j0 - v.fp16_sinks;  // coded slot of row 0
-    auto slot = [&](uint32_t r) { return s0 + (r < n ? r : 0u); };
-    // Key codes of tokens g and 8 + g: 12 bytes each (groups 4t..4t+3).
-    uint32_t wk[2][3];
+    const uint32_t s0 = j0 - v.fp16_sinks;  // coded slot of row 0; rows past n repeat it (masked)
+    const uint8_t *kc0 = v.k_codes(h, s0), *vc0 = v.v_codes(h, s0);
+    const uint16_t *ks = v.k_scales(h) + s0, *vs = v.v_scales(h) + s0;
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
-        const uint8_t *kc = v.k_codes(h, slot(g + 8 * nt)) + 12 * t;
-        wk[nt][0] = ld_u32(kc);
-        wk[nt][1] = ld_u32(kc + 4);
-        wk[nt][2] = ld_u32(kc + 8);
+        const uint32_t r = g + 8 * (uint32_t)nt;
+        const uint8_t *kc = kc0 + (r < n ? r : 0u) * 48u + 12 * t;  // 48 bytes per 3-bit row of 128
+        L.wk[nt][0] = ld_u32(kc);
+        L.wk[nt][1] = ld_u32(kc + 4);
+        L.wk[nt][2] = ld_u32(kc + 8);
     }
-    // Value codes (groups 2g, 2g+1) and scales of tokens 2t, 2t+1, 8+2t, 9+2t.
-    uint32_t wv[4];
-    float sk[4], sv[4];
-    const uint16_t *ks = v.k_scales(h), *vs = v.v_scales(h);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        const uint32_t r = 2 * t + (k & 1) + 8 * (k >> 1), sl = slot(r);
-        wv[k] = ld_u32(v.v_codes(h, sl) + 4 * g);
-        sk[k] = bf16_to_f32(ks[sl]);
-        sv[k] = bf16_to_f32(vs[sl]);
+        const uint32_t r = 2 * t + (k & 1) + 8 * (k >> 1);
+        L.wv[k] = ld_u32(vc0 + (r < n ? r : 0u) * 32u + 4 * g);  // 32 bytes per 2-bit row of 128
     }
+    // Both scales of a pair in one 4-byte load when aligned (k and v scales of a head
+    // start at the same offset in their 16-aligned sections).
+    if (n == kMmaTile && ((uintptr_t)ks & 3u) == 0) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const uint32_t r = 2 * t + 8 * (uint32_t)hf;
+            L.ks[hf] = ld_u32(reinterpret_cast<const uint8_t *>(ks + r));
+            L.vs[hf] = ld_u32(reinterpret_cast<const uint8_t *>(vs + r));
+        }
+    } else {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const uint32_t r0 = 2 * t + 8 * (uint32_t)hf, r1 = r0 + 1;
+            const uint32_t a = r0 < n ? r0 : 0u, b = r1 < n ? r1 : 0u;
+            L.ks[hf] = (uint32_t)ks[a] | ((uint32_t)ks[b] << 16);
+            L.vs[hf] = (uint32_t)vs[a] | ((uint32_t)vs[b] << 16);
+        }
+    }
+}
+
+// A tile of n <= 16 coded tokens [j0, j0 + n) of a K3/V2 E8 block.
+template <int QC>
+__device__ __forceinline__ void mma_fast_tile(const AttnParams &P, const MmaView<QC> &mv, float *corr_sm,
+                                              MmaState &st, const FastLoads &L, const BlockView &v, uint32_t h,
+                                              uint32_t j0, uint32_t n, uint32_t seq, uint32_t lane, float qinv,
+                                              float vmul) {
+    float sk[4], sv[4];
+    uint32_t wk[2][3], wv[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const uint32_t kw = L.ks[k >> 1], vw = L.vs[k >> 1];
+        sk[k] = __uint_as_float(k & 1 ? kw & 0xffff0000u : kw << 16);
+        sv[k] = __uint_as_float(k & 1 ? vw & 0xffff0000u : vw << 16);
+        wv[k] = L.wv[k];
+    }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 3; ++i) wk[nt][i] = L.wk[nt][i];
     bool vis[4];
     mma_visible<QC>(P, v, h, j0, n >= 32 ? 0xffffffffu : ((1u << n) - 1u), seq, lane, vis);
 
@@ -860,41 +916,56 @@ __device__ __noinline__ void mma_slow_tile(const AttnParams &P, const Smem<4, QC
     const uint32_t kb = v.k_bits, vb = v.v_bits;
     float *xs = mv.xs + warp * 32 * QC;
     float *pw = xs + 16 * QC;
-    // Logits, lane r < n: token j0 + r.
-    const bool valid = lane < n;
+    // Logits: lanes r and r + 16 take token j0 + r (r < n), half of the dims each.
+    const uint32_t r = lane & 15u, part = lane >> 4;
+    const bool valid = r < n;
     uint32_t slot = 0;
-    const bool coded = valid && v.coded_slot(j0 + lane, &slot);
+    const bool coded = valid && v.coded_slot(j0 + r, &slot);
     float x[QC];
 #pragma unroll
     for (int c = 0; c < QC; ++c) x[c] = 0.0f;
     if (coded) {
         const uint8_t *kc = v.k_codes(h, slot);
-        const float skv = bf16_to_f32(v.k_scales(h)[slot]);
         const uint64_t pm = e8_parity_mask(kb);
-        for (uint32_t gi = 0; gi < D / 8; ++gi) {
-            const uint64_t code = load_group(kc, gi, kb);
+        uint64_t codes[8];
+#pragma unroll
+        for (int q = 0; q < 8; ++q) codes[q] = load_group(kc, 8 * part + (uint32_t)q, kb);
+        const float skv = bf16_to_f32(v.k_scales(h)[slot]);
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
+            const uint32_t gi = 8 * part + (uint32_t)q;
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
-                const float q = group_value(code, (uint32_t)i, kb, e8, pm);
+                const float qv = group_value(codes[q], (uint32_t)i, kb, e8, pm);
 #pragma unroll
-                for (int c = 0; c < QC; ++c) x[c] += sm.qrot[c * D + 8 * gi + i] * q;
+                for (int c = 0; c < QC; ++c) x[c] += sm.qrot[c * D + 8 * gi + i] * qv;
             }
         }
 #pragma unroll
         for (int c = 0; c < QC; ++c) x[c] *= skv;
     } else if (valid) {
-        const uint16_t *kr = v.k_raw(h, slot);
-        for (uint32_t d = 0; d < D; ++d) {
-            const float kx = f16_to_f32(kr[d]);
+        const uint16_t *kr = v.k_raw(h, slot) + 64 * part;
+        uint4 u[8];
 #pragma unroll
-            for (int c = 0; c < QC; ++c) x[c] += sm.qorig[c * D + d] * kx;
+        for (int q = 0; q < 8; ++q) u[q] = ld16(kr + 8 * q);  // rows are 16-byte aligned in aligned images
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
+            const uint32_t wq[4] = {u[q].x, u[q].y, u[q].z, u[q].w};
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const float kx = f16f(i & 1 ? wq[i >> 1] >> 16 : wq[i >> 1] & 0xffffu);
+#pragma unroll
+                for (int c = 0; c < QC; ++c) x[c] += sm.qorig[c * D + 64 * part + 8 * q + i] * kx;
+            }
         }
     }
-    if (valid)
 #pragma unroll
-        for (int c = 0; c < QC; ++c) xs[lane * QC + c] = x[c];
-    const uint32_t valid_mask = __ballot_sync(0xffffffffu, valid);
-    const uint32_t raw_mask = __ballot_sync(0xffffffffu, valid && !coded);
+    for (int c = 0; c < QC; ++c) x[c] += __shfl_xor_sync(0xffffffffu, x[c], 16);
+    if (valid && part == 0)
+#pragma unroll
+        for (int c = 0; c < QC; ++c) xs[r * QC + c] = x[c];
+    const uint32_t valid_mask = __ballot_sync(0xffffffffu, valid && part == 0);
+    const uint32_t raw_mask = __ballot_sync(0xffffffffu, valid && !coded && part == 0);
     __syncwarp();
     bool vis[4];
     mma_visible<QC>(P, v, h, j0, valid_mask, seq, lane, vis);
@@ -942,25 +1013,41 @@ __device__ __noinline__ void mma_slow_tile(const AttnParams &P, const Smem<4, QC
         mma_f16(st.acc[i], f16x2(val[0][0], val[1][0]), f16x2(val[0][1], val[1][1]), f16x2(val[2][0], val[3][0]),
                 f16x2(val[2][1], val[3][1]), b0, b1);
     }
-    // Raw values, original domain: lane owns dims lane + 32k.
+    // Raw values, original domain: lane owns dims 4 lane .. 4 lane + 3; every row's
+    // 8 bytes loaded before the first use.
     if (raw_mask) {
         __syncwarp();
-        uint32_t rm = raw_mask;
-        while (rm) {
-            const uint32_t r = (uint32_t)__ffs(rm) - 1u;
-            rm &= rm - 1u;
-            uint32_t rs;
-            (void)v.coded_slot(j0 + r, &rs);
-            const uint16_t *vr = v.v_raw(h, rs);
-            float w[QC];
+        uint2 vals[16];
 #pragma unroll
-            for (int c = 0; c < QC; ++c) w[c] = pw[r * QC + c];
-            for (uint32_t d = lane; d < D; d += 32) {
-                const float y = f16_to_f32(vr[d]);
-#pragma unroll
-                for (int c = 0; c < QC; ++c) mv.racc[c * D + d] += w[c] * y;
+        for (int rr = 0; rr < 16; ++rr) {
+            vals[rr] = make_uint2(0u, 0u);
+            if ((raw_mask >> rr) & 1u) {
+                uint32_t rs;
+                (void)v.coded_slot(j0 + (uint32_t)rr, &rs);
+                vals[rr] = *reinterpret_cast<const uint2 *>(v.v_raw(h, rs) + 4 * lane);
             }
         }
+        float ra[QC][4];
+#pragma unroll
+        for (int c = 0; c < QC; ++c)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) ra[c][e] = 0.0f;
+#pragma unroll
+        for (int rr = 0; rr < 16; ++rr) {
+            if (!((raw_mask >> rr) & 1u)) continue;
+            const float y[4] = {f16f(vals[rr].x & 0xffffu), f16f(vals[rr].x >> 16), f16f(vals[rr].y & 0xffffu),
+                                f16f(vals[rr].y >> 16)};
+#pragma unroll
+            for (int c = 0; c < QC; ++c) {
+                const float w = pw[rr * QC + c];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) ra[c][e] += w * y[e];
+            }
+        }
+#pragma unroll
+        for (int c = 0; c < QC; ++c)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) mv.racc[c * D + 4 * lane + e] += ra[c][e];
     }
     __syncwarp();
 }
@@ -970,7 +1057,8 @@ __device__ __noinline__ void mma_slow_tile(const AttnParams &P, const Smem<4, QC
 // CUDA-core path does. Every query of the KV head is in this pass (nq <= QC <= 8).
 template <int QC>
 __device__ void mma_pass(const AttnParams &P, Smem<4, QC> &sm, float *misc, uint32_t seq, uint32_t kvh, uint32_t b0,
-                         uint32_t b1, uint64_t t_begin, uint64_t t_end, uint32_t warp, uint32_t lane, float vmul) {
+                         uint32_t b1, uint64_t base0, uint64_t t_begin, uint64_t t_end, uint32_t warp, uint32_t lane,
+                         float vmul) {
     constexpr uint32_t D = 128;
     const uint32_t g = lane >> 2, t = lane & 3u;
     MmaView<QC> mv;
@@ -989,7 +1077,7 @@ __device__ void mma_pass(const AttnParams &P, Smem<4, QC> &sm, float *misc, uint
     st.l = 0.0f;
     st.has_raw = false;
 
-    uint64_t base = 0;
+    uint64_t base = base0;  // kept tokens before block b0
     uint32_t tile = 0;
     for (uint32_t b = b0; b < b1 && base < t_end; ++b) {
         const uint8_t *img = static_cast<const uint8_t *>(P.images[b]);
@@ -1005,14 +1093,29 @@ __device__ void mma_pass(const AttnParams &P, Smem<4, QC> &sm, float *misc, uint
 #pragma unroll 1
             for (int region = 0; region < 3; ++region) {
                 const uint32_t ra = edges[region], rb = std::max(edges[region], edges[region + 1]);
-                for (uint32_t j0 = ra; j0 < rb; j0 += kMmaTile, ++tile) {
-                    if (tile % kAttnWarps != warp) continue;
-                    const uint32_t n = rb - j0 < kMmaTile ? rb - j0 : kMmaTile;
-                    if (region == 1 && fast_blk)
-                        mma_fast_tile<QC>(P, mv, corr_sm, st, v, kvh, j0, n, seq, lane, qinv, vmul);
-                    else
-                        mma_slow_tile<QC>(P, sm, mv, corr_sm, st, v, kvh, j0, n, seq, warp, lane, vmul);
+                const uint32_t ntiles = (rb - ra + kMmaTile - 1) / kMmaTile;
+                // This warp's tiles: k = k0, k0 + 4, ... (tiles are dealt round-robin).
+                uint32_t k = (warp + kAttnWarps - tile % kAttnWarps) % kAttnWarps;
+                auto tile_n = [&](uint32_t kt) { return rb - ra - kt * kMmaTile < kMmaTile ? rb - ra - kt * kMmaTile : kMmaTile; };
+                if (region == 1 && fast_blk) {
+                    if (k < ntiles) {
+                        FastLoads cur;
+                        mma_fast_load(cur, v, kvh, ra + k * kMmaTile, tile_n(k), lane);
+                        for (; k < ntiles; k += kAttnWarps) {
+                            FastLoads nxt = cur;
+                            const uint32_t kn = k + kAttnWarps;
+                            if (kn < ntiles) mma_fast_load(nxt, v, kvh, ra + kn * kMmaTile, tile_n(kn), lane);
+                            mma_fast_tile<QC>(P, mv, corr_sm, st, cur, v, kvh, ra + k * kMmaTile, tile_n(k), seq, lane,
+                                              qinv, vmul);
+                            cur = nxt;
+                        }
+                    }
+                } else {
+                    for (; k < ntiles; k += kAttnWarps)
+                        mma_slow_tile<QC>(P, sm, mv, corr_sm, st, v, kvh, ra + k * kMmaTile, tile_n(k), seq, warp, lane,
+                                          vmul);
                 }
+                tile += ntiles;
             }
         }
         base += kept;
@@ -1034,14 +1137,34 @@ __device__ void mma_pass(const AttnParams &P, Smem<4, QC> &sm, float *misc, uint
         sm.cm[warp][g] = st.m;
         sm.cl[warp][g] = l;
     }
+    // Thread (g, t) holds dims 16g .. 16g + 15 of queries 2t and 2t + 1: written as four
+    // 16-byte chunks per query, chunk (s + t) mod 4 at step s, so that the 8 threads of
+    // a store phase hit 8 different bank groups.
     const float inv_vmul = 1.0f / vmul;
 #pragma unroll
-    for (int i = 0; i < 8; ++i)
+    for (int ep = 0; ep < 2; ++ep) {
+        const uint32_t c = 2 * t + (uint32_t)ep;
+        if (c >= (uint32_t)QC) continue;
+        float4 ch[4];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const uint32_t c = 2 * t + (e & 1), d = 8 * (2 * g + (e >> 1)) + i;
-            if (c < (uint32_t)QC) sm.cacc[warp][c * D + d] += st.acc[i][e] * inv_vmul;
+        for (int q = 0; q < 4; ++q) {
+            const int e = 2 * (q >> 1) + ep, i0 = 4 * (q & 1);
+            ch[q] = make_float4(st.acc[i0][e] * inv_vmul, st.acc[i0 + 1][e] * inv_vmul, st.acc[i0 + 2][e] * inv_vmul,
+                                st.acc[i0 + 3][e] * inv_vmul);
         }
+#pragma unroll
+        for (uint32_t s = 0; s < 4; ++s) {
+            const uint32_t q = (s + t) & 3u;
+            const float4 x = q == 0 ? ch[0] : q == 1 ? ch[1] : q == 2 ? ch[2] : ch[3];
+            float4 *dst = reinterpret_cast<float4 *>(&sm.cacc[warp][c * D + 16 * g + 4 * q]);
+            if (st.has_raw) {
+                const float4 y = *dst;
+                *dst = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+            } else {
+                *dst = x;
+            }
+        }
+    }
 }
 
 // Query fragments of the pass from sm.qrot (rotated, scaled): per query a power of two
@@ -1082,75 +1205,15 @@ template <int QC> __device__ void mma_query_fragments(const AttnParams &P, Smem<
 }
 #endif  // NQ_ATTN_MMA
 
+// One pass of the CUDA-core path: leaves each warp's max, sum and rotated-domain value
+// sums in sm.cm / sm.cl / sm.cacc[warp]. Not inlined: the tensor-core path of the same
+// kernel keeps its own register allocation.
 template <int NDL, int QC, int FD>
-__global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kernel(const NQ_GRID_CONSTANT AttnParams P) {
-    __shared__ Smem<NDL, QC> sm;
-    const uint32_t split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
-    const uint32_t tid = threadIdx.x, warp = tid >> 5, lane = tid & 31u;
+__device__ NQ_ATTN_NOINLINE void cuda_core_pass(const AttnParams &P, Smem<NDL, QC> &sm, uint32_t seq, uint32_t kvh,
+                                            uint32_t b0, uint32_t b1, uint64_t base0, uint64_t t_begin,
+                                            uint64_t t_end, uint32_t qc0, uint32_t warp, uint32_t lane) {
     const uint32_t D = FD ? (uint32_t)FD : P.D;
     const uint32_t nblk = hadamard_block(D);
-    const float qrot_scale = P.scale / (float)nblk;
-
-    // The sequence's kept tokens (every head keeps as many) and this split's share.
-    const uint32_t b0 = P.indptr[seq], b1 = P.indptr[seq + 1];
-    uint64_t total = 0;
-    bool use_mma = false;  // CTA-uniform
-    float vmul = 1.0f;     // 2^-E: E the exponent of the sequence's first value scale
-#if defined(NQ_ATTN_MMA)
-    __shared__ float mma_misc[8 + 8 * kAttnWarps];  // 1 / query factor; per-warp rescale factors
-    if constexpr (NDL == 4 && FD == 128) use_mma = P.mma != 0 && P.nq <= (uint32_t)QC;
-#endif
-    for (uint32_t b = b0; b < b1; ++b) {
-        const uint8_t *img = static_cast<const uint8_t *>(P.images[b]);
-        total += BlockView::rd32(img + 36);
-        // Blocks with RoPE removed (keys rotated per position) take the CUDA-core path.
-        if (use_mma && (img[22] == NQ_ROPE_REMOVE || BlockView::rd16(img + 16) != 128 || !aligned16(img)))
-            use_mma = false;
-    }
-    if (use_mma && b0 < b1) {
-        const BlockView v0 = BlockView::of(P.images[b0]);
-        if (v0.coded) {
-            const uint32_t eb = (uint32_t)v0.v_scales(kvh)[0] >> 7 & 0xffu;
-            if (eb > 0 && eb < 255) vmul = __uint_as_float((254u - eb < 1u ? 1u : 254u - eb) << 23);
-        }
-    }
-    // Short sequences use fewer splits (at least kMinSplitTokens each): the CTAs past
-    // them hand in empty partials, so the merge reads less.
-    const uint64_t eff = std::max<uint64_t>(1, std::min<uint64_t>(P.splits, (total + kMinSplitTokens - 1) / kMinSplitTokens));
-    const uint64_t t_begin = split < eff ? total * split / eff : total;
-    const uint64_t t_end = split < eff ? total * (split + 1) / eff : total;
-
-    for (uint32_t qc0 = 0; qc0 < P.nq; qc0 += QC) {
-        // Queries of this pass, original and rotated.
-        for (uint32_t k = tid; k < QC * D; k += kAttnThreads) {
-            const uint32_t c = k / D, d = k - c * D, qi = qc0 + c;
-            float val = 0.0f;
-            if (qi < P.nq) {
-                const uint32_t i = qi / P.group, hq = kvh * P.group + qi % P.group;
-                val = load_elem(P.q, (int64_t)seq * P.q_seq + (int64_t)i * P.q_tok + (int64_t)hq * P.q_head + d,
-                                P.dtype);
-            }
-            sm.qorig[k] = val * P.scale;
-            sm.qrot[k] = hadamard_sign_negative(d) ? -val : val;
-        }
-        __syncthreads();
-        fwht_shared(sm.qrot, QC, D, nblk, tid, kAttnThreads, [] { __syncthreads(); });
-        for (uint32_t k = tid; k < QC * D; k += kAttnThreads) sm.qrot[k] *= qrot_scale;
-        __syncthreads();
-
-        bool mma_done = false;
-#if defined(NQ_ATTN_MMA)
-        if constexpr (NDL == 4 && FD == 128) {
-            if (use_mma) {
-                for (uint32_t k = lane; k < QC * D; k += 32) sm.cacc[warp][k] = 0.0f;
-                if (warp == 0) mma_query_fragments<QC>(P, sm, mma_misc, lane);
-                __syncthreads();
-                mma_pass<QC>(P, sm, mma_misc, seq, kvh, b0, b1, t_begin, t_end, warp, lane, vmul);
-                mma_done = true;
-            }
-        }
-#endif
-        if (!mma_done) {
         constexpr int AV = acc_width<NDL, FD>();
         WarpState<AV, QC> st;
 #pragma unroll
@@ -1166,7 +1229,7 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
 
         // Walk the blocks that overlap [t_begin, t_end); 32-token chunks go to the warps
         // in turn.
-        uint64_t base = 0;
+        uint64_t base = base0;  // kept tokens before block b0
         uint32_t chunk = 0;
         for (uint32_t b = b0; b < b1 && base < t_end; ++b) {
             const uint8_t *img = static_cast<const uint8_t *>(P.images[b]);
@@ -1220,6 +1283,210 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
                     if (lane * NDL + k < D) sm.cacc[warp][c * D + lane * NDL + k] += st.acc[c][k];
             }
         }
+}
+
+// A CTA's share of its sequence's kept tokens (every head keeps as many).
+struct SeqShare {
+    uint64_t total;             // kept tokens of the sequence
+    uint64_t eff;               // splits that hold tokens (the others hand in empty partials)
+    uint64_t t_begin, t_end;    // this split's tokens
+    uint32_t b_first;           // the block holding token t_begin (b1 when the share is empty)
+    uint64_t base;              // kept tokens before b_first
+    bool mma;                   // every block can take the tensor-core path
+    float vmul;                 // 2^-E, E the exponent of the sequence's first value scale
+};
+
+__device__ __forceinline__ uint64_t warp_sum_u64(uint64_t v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Every thread reads a block header of its own (128 blocks at a time), so the walk costs
+// a few load latencies instead of a chain of them per block. Call with the whole CTA.
+__device__ SeqShare seq_share(const AttnParams &P, uint32_t b0, uint32_t b1, uint32_t split, uint32_t kvh,
+                              uint32_t tid, bool want_mma) {
+    __shared__ unsigned long long s_sum[kAttnWarps];
+    __shared__ uint32_t s_ok[kAttnWarps], s_first;
+    __shared__ unsigned long long s_base;
+    __shared__ float s_vmul;
+    const uint32_t warp = tid >> 5, lane = tid & 31u;
+    uint64_t mine = 0;
+    bool ok = true;
+    if (tid == 0) s_vmul = 1.0f;
+    for (uint32_t b = b0 + tid; b < b1; b += kAttnThreads) {
+        const uint8_t *img = static_cast<const uint8_t *>(P.images[b]);
+        mine += BlockView::rd32(img + 36);
+        // Blocks with RoPE removed (keys rotated per position) take the CUDA-core path.
+        if (img[22] == NQ_ROPE_REMOVE || BlockView::rd16(img + 16) != 128 || !aligned16(img)) ok = false;
+        if (b == b0 && want_mma) {
+            const BlockView v0 = BlockView::of(img);
+            if (v0.coded) {
+                const uint32_t eb = (uint32_t)v0.v_scales(kvh)[0] >> 7 & 0xffu;
+                if (eb > 0 && eb < 255) s_vmul = __uint_as_float((254u - eb < 1u ? 1u : 254u - eb) << 23);
+            }
+        }
+    }
+    mine = warp_sum_u64(mine);
+    const uint32_t all_ok = warp_or(ok ? 0u : 1u) == 0u;
+    if (lane == 0) {
+        s_sum[warp] = mine;
+        s_ok[warp] = all_ok;
+    }
+    if (tid == 0) {
+        s_first = b1;
+        s_base = 0;
+    }
+    __syncthreads();
+    SeqShare r;
+    r.total = 0;
+    r.mma = want_mma;
+    for (uint32_t w = 0; w < kAttnWarps; ++w) {
+        r.total += s_sum[w];
+        r.mma = r.mma && s_ok[w];
+    }
+    r.vmul = r.mma ? s_vmul : 1.0f;
+    // Short sequences use fewer splits (at least kMinSplitTokens each).
+    r.eff = std::max<uint64_t>(1, std::min<uint64_t>(P.splits, (r.total + kMinSplitTokens - 1) / kMinSplitTokens));
+    r.t_begin = split < r.eff ? r.total * split / r.eff : r.total;
+    r.t_end = split < r.eff ? r.total * (split + 1) / r.eff : r.total;
+    if (tid == 0) s_base = r.total;
+    __syncthreads();  // s_sum is reused below
+
+    // The block holding t_begin: an inclusive scan of kept counts, 128 blocks at a time.
+    uint64_t chunk_base = 0;
+    for (uint32_t c0 = b0; c0 < b1 && r.t_begin < r.total; c0 += kAttnThreads) {
+        const uint32_t b = c0 + tid;
+        const uint64_t kept = b < b1 ? BlockView::rd32(static_cast<const uint8_t *>(P.images[b]) + 36) : 0;
+        uint64_t incl = kept;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const uint64_t y = __shfl_sync(0xffffffffu, incl, (int)(lane >= (uint32_t)o ? lane - o : lane));
+            if (lane >= (uint32_t)o) incl += y;
+        }
+        if (lane == 31) s_sum[warp] = incl;
+        __syncthreads();
+        uint64_t before = chunk_base, chunk_total = 0;
+        for (uint32_t w = 0; w < kAttnWarps; ++w) {
+            if (w < warp) before += s_sum[w];
+            chunk_total += s_sum[w];
+        }
+        const uint64_t excl = before + incl - kept;
+        if (kept > 0 && excl <= r.t_begin && r.t_begin < excl + kept) {  // exactly one thread
+            s_first = b;
+            s_base = excl;
+        }
+        chunk_base += chunk_total;
+        __syncthreads();
+        if (chunk_base > r.t_begin) break;  // CTA-uniform
+    }
+    r.b_first = s_first;
+    r.base = s_base;
+    __syncthreads();  // the shared results are read before any other use of the CTA's shared memory
+    return r;
+}
+
+// o[c][d] = sum over the splits of w[c][s] * part_acc[s][c][d]. With head_dim known at
+// compile time each thread owns E consecutive elements and keeps 8 splits' loads in
+// flight (the merge is on the critical path: it runs after every other CTA).
+template <int QC, int FD>
+__device__ __forceinline__ void merge_split_sums(const AttnParams &P, const float (*w)[kMaxAttentionSplits], float *o,
+                                                 size_t part0, uint32_t S, uint32_t qc0, uint32_t tid) {
+    const uint32_t D = FD ? (uint32_t)FD : P.D;
+    const size_t step = (size_t)P.nq * D;
+    constexpr uint32_t E = FD ? (uint32_t)(QC * FD) / kAttnThreads : 0u;
+    if constexpr (E >= 1 && E * kAttnThreads == (uint32_t)(QC * FD) && FD % (E ? E : 1u) == 0) {
+        const uint32_t k0 = tid * E, c = k0 / D, d0 = k0 - c * D, qi = qc0 + c;
+        float a[E];
+#pragma unroll
+        for (uint32_t e = 0; e < E; ++e) a[e] = 0.0f;
+        if (qi < P.nq) {
+            const float *src = P.part_acc + (part0 * P.nq + qi) * D + d0;
+            for (uint32_t s0 = 0; s0 < S; s0 += 8) {
+                float x[8][E];
+#pragma unroll
+                for (uint32_t u = 0; u < 8; ++u)
+#pragma unroll
+                    for (uint32_t e = 0; e < E; ++e) x[u][e] = s0 + u < S ? ld_partial(src + (s0 + u) * step + e) : 0.0f;
+#pragma unroll
+                for (uint32_t u = 0; u < 8; ++u) {
+                    const float wt = s0 + u < S ? w[c][s0 + u] : 0.0f;
+#pragma unroll
+                    for (uint32_t e = 0; e < E; ++e) a[e] += wt * x[u][e];
+                }
+            }
+        }
+#pragma unroll
+        for (uint32_t e = 0; e < E; ++e) o[k0 + e] = a[e];
+    } else {
+        for (uint32_t k = tid; k < QC * D; k += kAttnThreads) {
+            const uint32_t c = k / D, d = k - c * D, qi = qc0 + c;
+            float a = 0.0f;
+            if (qi < P.nq) {
+                const float *src = P.part_acc + (part0 * P.nq + qi) * D + d;
+#pragma unroll 8
+                for (uint32_t sp = 0; sp < S; ++sp) a += w[c][sp] * ld_partial(src + sp * step);
+            }
+            o[k] = a;
+        }
+    }
+}
+
+template <int NDL, int QC, int FD>
+__global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kernel(const NQ_GRID_CONSTANT AttnParams P) {
+    __shared__ Smem<NDL, QC> sm;
+    const uint32_t split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
+    const uint32_t tid = threadIdx.x, warp = tid >> 5, lane = tid & 31u;
+    const uint32_t D = FD ? (uint32_t)FD : P.D;
+    const uint32_t nblk = hadamard_block(D);
+    const float qrot_scale = P.scale / (float)nblk;
+
+    // The sequence's kept tokens (every head keeps as many), this split's share, and the
+    // first block of that share. The headers are read by all threads at once (a walk
+    // by one thread is a chain of dependent loads per block: ~1 us each at 128K tokens).
+    const uint32_t b0 = P.indptr[seq], b1 = P.indptr[seq + 1];
+    bool use_mma = false;  // CTA-uniform
+#if defined(NQ_ATTN_MMA)
+    __shared__ float mma_misc[8 + 8 * kAttnWarps];  // 1 / query factor; per-warp rescale factors
+    if constexpr (NDL == 4 && FD == 128) use_mma = P.mma != 0 && P.nq <= (uint32_t)QC;
+#endif
+    const SeqShare share = seq_share(P, b0, b1, split, kvh, tid, use_mma);
+    use_mma = share.mma;
+    const uint64_t eff = share.eff, t_begin = share.t_begin, t_end = share.t_end;
+    const float vmul = share.vmul;  // 2^-E: E the exponent of the sequence's first value scale
+
+    for (uint32_t qc0 = 0; qc0 < P.nq; qc0 += QC) {
+        // Queries of this pass, original and rotated.
+        for (uint32_t k = tid; k < QC * D; k += kAttnThreads) {
+            const uint32_t c = k / D, d = k - c * D, qi = qc0 + c;
+            float val = 0.0f;
+            if (qi < P.nq) {
+                const uint32_t i = qi / P.group, hq = kvh * P.group + qi % P.group;
+                val = load_elem(P.q, (int64_t)seq * P.q_seq + (int64_t)i * P.q_tok + (int64_t)hq * P.q_head + d,
+                                P.dtype);
+            }
+            sm.qorig[k] = val * P.scale;
+            sm.qrot[k] = hadamard_sign_negative(d) ? -val : val;
+        }
+        __syncthreads();
+        fwht_shared(sm.qrot, QC, D, nblk, tid, kAttnThreads, [] { __syncthreads(); });
+        for (uint32_t k = tid; k < QC * D; k += kAttnThreads) sm.qrot[k] *= qrot_scale;
+        __syncthreads();
+
+        bool mma_done = false;
+#if defined(NQ_ATTN_MMA)
+        if constexpr (NDL == 4 && FD == 128) {
+            if (use_mma) {
+                for (uint32_t k = lane; k < QC * D; k += 32) sm.cacc[warp][k] = 0.0f;
+                if (warp == 0) mma_query_fragments<QC>(P, sm, mma_misc, lane);
+                __syncthreads();
+                mma_pass<QC>(P, sm, mma_misc, seq, kvh, share.b_first, b1, share.base, t_begin, t_end, warp, lane, vmul);
+                mma_done = true;
+            }
+        }
+#endif
+        if (!mma_done) {
+            cuda_core_pass<NDL, QC, FD>(P, sm, seq, kvh, share.b_first, b1, share.base, t_begin, t_end, qc0, warp, lane);
         }  // !mma_done
         __syncthreads();
         if (tid < QC) {
@@ -1274,9 +1541,10 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
     __threadfence();
     const size_t part0 = ((size_t)seq * P.kv_heads + kvh) * P.splits;
     float *o = sm.cacc[0];
-    const uint32_t S = P.splits;
+    const uint32_t S = (uint32_t)eff;  // the splits past eff hold no tokens
     for (uint32_t qc0 = 0; qc0 < P.nq; qc0 += QC) {
-        // Every split's (m, l) at once, then the weights exp2(m_s - M) / L.
+        // Every split's (m, l) at once; per query its max M and sum L by one warp; then
+        // the weights exp2(m_s - M) / L.
         for (uint32_t k = tid; k < QC * S; k += kAttnThreads) {
             const uint32_t c = k / S, sp = k - c * S, qi = qc0 + c;
             float m = -INFINITY, l = 0.0f;
@@ -1289,13 +1557,17 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
             sm.sl[c][sp] = l;
         }
         __syncthreads();
-        if (tid < QC) {
+        for (uint32_t c = warp; c < (uint32_t)QC; c += kAttnWarps) {
             float M = -INFINITY, L = 0.0f;
-            for (uint32_t sp = 0; sp < S; ++sp) M = fmaxf(M, sm.sw[tid][sp]);
+            for (uint32_t sp = lane; sp < S; sp += 32) M = fmaxf(M, sm.sw[c][sp]);
+            M = warp_max(M);
             if (M != -INFINITY)
-                for (uint32_t sp = 0; sp < S; ++sp) L += sm.sl[tid][sp] * exp2f(sm.sw[tid][sp] - M);
-            sm.fm[tid] = M;
-            sm.fl[tid] = L;
+                for (uint32_t sp = lane; sp < S; sp += 32) L += sm.sl[c][sp] * exp2f(sm.sw[c][sp] - M);
+            L = warp_sum(L);
+            if (lane == 0) {
+                sm.fm[c] = M;
+                sm.fl[c] = L;
+            }
         }
         __syncthreads();
         for (uint32_t k = tid; k < QC * S; k += kAttnThreads) {
@@ -1304,20 +1576,7 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
             sm.sw[c][sp] = (L > 0.0f && m != -INFINITY) ? exp2f(m - M) / L : 0.0f;
         }
         __syncthreads();
-        for (uint32_t k = tid; k < QC * D; k += kAttnThreads) {
-            const uint32_t c = k / D, d = k - c * D, qi = qc0 + c;
-            float a = 0.0f;
-            if (qi < P.nq) {
-                const float *src = P.part_acc + (part0 * P.nq + qi) * D + d;
-                const size_t step = (size_t)P.nq * D;
-#pragma unroll 8
-                for (uint32_t sp = 0; sp < S; ++sp) {
-                    const float w = sm.sw[c][sp];
-                    if (w != 0.0f) a += w * ld_partial(src + sp * step);
-                }
-            }
-            o[k] = a;
-        }
+        merge_split_sums<QC, FD>(P, sm.sw, o, part0, S, qc0, tid);
         __syncthreads();
         write_output<NDL, QC>(P, sm, o, seq, kvh, qc0);
     }
