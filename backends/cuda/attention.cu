@@ -48,6 +48,27 @@ namespace {
 #define NQ_ATTN_NOINLINE __noinline__
 #endif
 
+// NQ_ATTN_TRACE (benchmarks only): thread 0 of each CTA stamps the global timer at
+// its phases: 0 start, 1 share found, 2 queries ready, 3 pass done, 4 partials written,
+// 5 exit (not last), 6 merge done (last CTA).
+#if defined(NQ_ATTN_TRACE) && !defined(NQ_GPU_SIM) && !defined(NQ_HIP) && !defined(__HIPCC__)
+constexpr uint32_t kTraceCtas = 16384;
+__device__ unsigned long long g_attn_trace[kTraceCtas][8];
+#define NQ_TRACE(i)                                                                                   \
+    do {                                                                                              \
+        if (threadIdx.x == 0) {                                                                       \
+            const uint32_t id_ = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);      \
+            unsigned long long t_;                                                                    \
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_));                                    \
+            if (id_ < kTraceCtas) g_attn_trace[id_][i] = t_;                                          \
+        }                                                                                             \
+    } while (0)
+#else
+#define NQ_TRACE(i) \
+    do {            \
+    } while (0)
+#endif
+
 constexpr unsigned kAttnThreads = 128;
 constexpr unsigned kAttnWarps = kAttnThreads / 32;
 constexpr uint32_t kMaxFreq = kMaxHeadDim / 2;
@@ -177,6 +198,24 @@ __device__ __forceinline__ uint32_t warp_or(uint32_t v) {
 #pragma unroll
     for (int o = 16; o >= 1; o >>= 1) v |= __shfl_xor_sync(0xffffffffu, v, o, 32);
     return v;
+}
+
+// Key-centred blocks (FORMAT.md 1.8): a coded key is m + s_k p in the rotated domain, so
+// its logit gains <qrot, m>, the same for every token of the block and head. qrot holds
+// QC queries of D floats (rotated, scaled); every lane gets the QC sums (0 without a mean).
+template <int QC>
+__device__ __forceinline__ void key_mean_bias(const float *qrot, const BlockView &v, uint32_t h, uint32_t D,
+                                              uint32_t lane, float (&kb)[QC]) {
+#pragma unroll
+    for (int c = 0; c < QC; ++c) kb[c] = 0.0f;
+    if (!v.key_mean()) return;
+    const uint16_t *m = v.k_mean(h);
+#pragma unroll
+    for (int c = 0; c < QC; ++c) {
+        float acc = 0.0f;
+        for (uint32_t d = lane; d < D; d += 32) acc += qrot[c * D + d] * f16_to_f32(m[d]);
+        kb[c] = warp_sum(acc);
+    }
 }
 
 // Reads of another CTA's partial results: past the (incoherent) L1.
@@ -323,6 +362,9 @@ __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> 
         }
     }
 
+    float kbias[QC];
+    key_mean_bias<QC>(sm.qrot, v, h, D, lane, kbias);
+
     // Logits of coded keys against the rotated query, one token per lane.
     if (fast) {
         const uint8_t *kc = v.k_codes(h, slot);
@@ -377,7 +419,7 @@ __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> 
             }
         }
 #pragma unroll
-        for (int c = 0; c < QC; ++c) x[c] = dot[c] * sk;
+        for (int c = 0; c < QC; ++c) x[c] = dot[c] * sk + kbias[c];
     } else if (active && !coded) {
         // A raw key against the unrotated query, one token per lane (16-byte loads).
         const uint16_t *kr = v.k_raw(h, slot_raw(v, j));
@@ -419,8 +461,9 @@ __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> 
             const uint8_t *kc = v.k_codes(h, st_slot);
             const float sk = bf16_to_f32(v.k_scales(h)[st_slot]);
             const uint64_t pm = e8_parity_mask(kb);
+            const uint16_t *km = v.key_mean() ? v.k_mean(h) : nullptr;
             for (uint32_t d = lane; d < D; d += 32)
-                row[d] = group_value(load_group(kc, d >> 3, kb), d & 7u, kb, e8, pm) * sk;
+                row[d] = group_value(load_group(kc, d >> 3, kb), d & 7u, kb, e8, pm) * sk + (km ? f16_to_f32(km[d]) : 0.0f);
             __syncwarp();
             fwht_shared(row, 1, D, nblk, lane, 32, [] { __syncwarp(); });
             for (uint32_t d = lane; d < D; d += 32) {
@@ -771,6 +814,11 @@ __device__ __forceinline__ void mma_visible(const AttnParams &P, const BlockView
         const int64_t lo = (int64_t)(v.first_position + j0), hi = lo + 15;
         all_in = hi <= qp && (P.window == 0 || qp - lo < (int64_t)P.window);
     }
+    if (__all_sync(0xffffffffu, all_in)) {  // the common case: no per-token positions
+#pragma unroll
+        for (int k = 0; k < 4; ++k) vis[k] = qok && ((valid_mask >> (2 * t + (k & 1) + 8 * (k >> 1))) & 1u);
+        return;
+    }
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
         const uint32_t r = 2 * t + (k & 1) + 8 * (k >> 1);
@@ -839,7 +887,7 @@ template <int QC>
 __device__ __forceinline__ void mma_fast_tile(const AttnParams &P, const MmaView<QC> &mv, float *corr_sm,
                                               MmaState &st, const FastLoads &L, const BlockView &v, uint32_t h,
                                               uint32_t j0, uint32_t n, uint32_t seq, uint32_t lane, float qinv,
-                                              float vmul) {
+                                              float kbias, float vmul) {
     float sk[4], sv[4];
     uint32_t wk[2][3], wv[4];
 #pragma unroll
@@ -861,9 +909,15 @@ __device__ __forceinline__ void mma_fast_tile(const AttnParams &P, const MmaView
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) S[nt][e] = 0.0f;
+    // Query fragments one k-step ahead of the mma that reads them (shared-memory latency).
+    uint4 qa = mv.qf[lane], qb = mv.qf[32 + lane];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-        const uint4 qa = mv.qf[(2 * kk) * 32 + lane], qb = mv.qf[(2 * kk + 1) * 32 + lane];
+        uint4 na = qa, nb = qb;
+        if (kk < 3) {
+            na = mv.qf[(2 * kk + 2) * 32 + lane];
+            nb = mv.qf[(2 * kk + 3) * 32 + lane];
+        }
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
             uint32_t code;
@@ -880,12 +934,14 @@ __device__ __forceinline__ void mma_fast_tile(const AttnParams &P, const MmaView
             mma_f16(S[nt], qa.x, qa.y, qa.z, qa.w, hp[0], hp[1]);
             mma_f16(S[nt], qb.x, qb.y, qb.z, qb.w, hp[2], hp[3]);
         }
+        qa = na;
+        qb = nb;
     }
     float xl[4], p[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
         const int nt = k >> 1, e = k & 1;
-        xl[k] = mma_logit(P, (S[nt][e] + S[nt][e + 2]) * sk[k] * qinv);
+        xl[k] = mma_logit(P, (S[nt][e] + S[nt][e + 2]) * sk[k] * qinv + kbias);
     }
     mma_softmax<QC>(st, xl, vis, p, mv.racc, corr_sm, lane);
     const uint32_t b0 = f16x2(p[0] * sv[0] * vmul, p[1] * sv[1] * vmul);
@@ -909,7 +965,8 @@ __device__ __forceinline__ void mma_fast_tile(const AttnParams &P, const MmaView
 template <int QC>
 __device__ __noinline__ void mma_slow_tile(const AttnParams &P, const Smem<4, QC> &sm, const MmaView<QC> &mv,
                                            float *corr_sm, MmaState &st, const BlockView &v, uint32_t h, uint32_t j0,
-                                           uint32_t n, uint32_t seq, uint32_t warp, uint32_t lane, float vmul) {
+                                           uint32_t n, uint32_t seq, uint32_t warp, uint32_t lane,
+                                           const float (&kbias)[QC], float vmul) {
     constexpr uint32_t D = 128;
     const uint32_t g = lane >> 2, t = lane & 3u;
     const bool e8 = v.codec == kCodecE8;
@@ -960,7 +1017,7 @@ __device__ __noinline__ void mma_slow_tile(const AttnParams &P, const Smem<4, QC
         }
     }
 #pragma unroll
-    for (int c = 0; c < QC; ++c) x[c] += __shfl_xor_sync(0xffffffffu, x[c], 16);
+    for (int c = 0; c < QC; ++c) x[c] += __shfl_xor_sync(0xffffffffu, x[c], 16) + (coded ? kbias[c] : 0.0f);
     if (valid && part == 0)
 #pragma unroll
         for (int c = 0; c < QC; ++c) xs[r * QC + c] = x[c];
@@ -1077,48 +1134,61 @@ __device__ void mma_pass(const AttnParams &P, Smem<4, QC> &sm, float *misc, uint
     st.l = 0.0f;
     st.has_raw = false;
 
-    uint64_t base = base0;  // kept tokens before block b0
+    // Two sweeps over the blocks: coded tokens first, then the raw sinks and windows. A
+    // warp's raw value sums (shared memory) must be rescaled whenever its running max
+    // moves; after the coded tokens it rarely does.
     uint32_t tile = 0;
-    for (uint32_t b = b0; b < b1 && base < t_end; ++b) {
-        const uint8_t *img = static_cast<const uint8_t *>(P.images[b]);
-        const uint32_t kept = BlockView::rd32(img + 36);
-        const uint64_t lo = std::max<uint64_t>(base, t_begin), hi = std::min<uint64_t>(base + kept, t_end);
-        if (lo < hi) {
-            const BlockView v = BlockView::of(img);
-            const bool fast_blk = v.codec == kCodecE8 && v.k_bits == 3 && v.v_bits == 2;
-            const uint32_t jlo = (uint32_t)(lo - base), jhi = (uint32_t)(hi - base);
-            const uint32_t cs = v.fp16_sinks, ce = kept - v.fp16_window;
-            // Sinks, coded tokens, window: tiles start at each region's start.
-            const uint32_t edges[4] = {jlo, std::min(std::max(jlo, cs), jhi), std::min(std::max(jlo, ce), jhi), jhi};
 #pragma unroll 1
-            for (int region = 0; region < 3; ++region) {
-                const uint32_t ra = edges[region], rb = std::max(edges[region], edges[region + 1]);
-                const uint32_t ntiles = (rb - ra + kMmaTile - 1) / kMmaTile;
-                // This warp's tiles: k = k0, k0 + 4, ... (tiles are dealt round-robin).
-                uint32_t k = (warp + kAttnWarps - tile % kAttnWarps) % kAttnWarps;
-                auto tile_n = [&](uint32_t kt) { return rb - ra - kt * kMmaTile < kMmaTile ? rb - ra - kt * kMmaTile : kMmaTile; };
-                if (region == 1 && fast_blk) {
-                    if (k < ntiles) {
-                        FastLoads cur;
-                        mma_fast_load(cur, v, kvh, ra + k * kMmaTile, tile_n(k), lane);
-                        for (; k < ntiles; k += kAttnWarps) {
-                            FastLoads nxt = cur;
-                            const uint32_t kn = k + kAttnWarps;
-                            if (kn < ntiles) mma_fast_load(nxt, v, kvh, ra + kn * kMmaTile, tile_n(kn), lane);
-                            mma_fast_tile<QC>(P, mv, corr_sm, st, cur, v, kvh, ra + k * kMmaTile, tile_n(k), seq, lane,
-                                              qinv, vmul);
-                            cur = nxt;
+    for (int sweep = 0; sweep < 2; ++sweep) {
+        uint64_t base = base0;  // kept tokens before block b0
+        for (uint32_t b = b0; b < b1 && base < t_end; ++b) {
+            const uint8_t *img = static_cast<const uint8_t *>(P.images[b]);
+            const uint32_t kept = BlockView::rd32(img + 36);
+            const uint64_t lo = std::max<uint64_t>(base, t_begin), hi = std::min<uint64_t>(base + kept, t_end);
+            if (lo < hi) {
+                const BlockView v = BlockView::of(img);
+                const bool fast_blk = v.codec == kCodecE8 && v.k_bits == 3 && v.v_bits == 2;
+                float kbq[QC];  // logit offsets of a key-centred block, per query
+                key_mean_bias<QC>(sm.qrot, v, kvh, D, lane, kbq);
+                float kbg = 0.0f;  // this thread's query g
+#pragma unroll
+                for (int c = 0; c < QC; ++c)
+                    if ((uint32_t)c == g) kbg = kbq[c];
+                const uint32_t jlo = (uint32_t)(lo - base), jhi = (uint32_t)(hi - base);
+                const uint32_t cs = v.fp16_sinks, ce = kept - v.fp16_window;
+                // Sinks, coded tokens, window: tiles start at each region's start.
+                const uint32_t edges[4] = {jlo, std::min(std::max(jlo, cs), jhi), std::min(std::max(jlo, ce), jhi), jhi};
+    #pragma unroll 1
+                for (int region = 0; region < 3; ++region) {
+                    if ((region == 1) != (sweep == 0)) continue;
+                    const uint32_t ra = edges[region], rb = std::max(edges[region], edges[region + 1]);
+                    const uint32_t ntiles = (rb - ra + kMmaTile - 1) / kMmaTile;
+                    // This warp's tiles: k = k0, k0 + 4, ... (tiles are dealt round-robin).
+                    uint32_t k = (warp + kAttnWarps - tile % kAttnWarps) % kAttnWarps;
+                    auto tile_n = [&](uint32_t kt) { return rb - ra - kt * kMmaTile < kMmaTile ? rb - ra - kt * kMmaTile : kMmaTile; };
+                    if (region == 1 && fast_blk) {
+                        if (k < ntiles) {
+                            FastLoads cur;
+                            mma_fast_load(cur, v, kvh, ra + k * kMmaTile, tile_n(k), lane);
+                            for (; k < ntiles; k += kAttnWarps) {
+                                FastLoads nxt = cur;
+                                const uint32_t kn = k + kAttnWarps;
+                                if (kn < ntiles) mma_fast_load(nxt, v, kvh, ra + kn * kMmaTile, tile_n(kn), lane);
+                                mma_fast_tile<QC>(P, mv, corr_sm, st, cur, v, kvh, ra + k * kMmaTile, tile_n(k), seq, lane,
+                                                  qinv, kbg, vmul);
+                                cur = nxt;
+                            }
                         }
+                    } else {
+                        for (; k < ntiles; k += kAttnWarps)
+                            mma_slow_tile<QC>(P, sm, mv, corr_sm, st, v, kvh, ra + k * kMmaTile, tile_n(k), seq, warp, lane,
+                                              kbq, vmul);
                     }
-                } else {
-                    for (; k < ntiles; k += kAttnWarps)
-                        mma_slow_tile<QC>(P, sm, mv, corr_sm, st, v, kvh, ra + k * kMmaTile, tile_n(k), seq, warp, lane,
-                                          vmul);
+                    tile += ntiles;
                 }
-                tile += ntiles;
             }
+            base += kept;
         }
-        base += kept;
     }
 
     // Raw sums rotated forward, then the coded sums added (back to real units).
@@ -1435,6 +1505,7 @@ __device__ __forceinline__ void merge_split_sums(const AttnParams &P, const floa
 template <int NDL, int QC, int FD>
 __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kernel(const NQ_GRID_CONSTANT AttnParams P) {
     __shared__ Smem<NDL, QC> sm;
+    NQ_TRACE(0);
     const uint32_t split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
     const uint32_t tid = threadIdx.x, warp = tid >> 5, lane = tid & 31u;
     const uint32_t D = FD ? (uint32_t)FD : P.D;
@@ -1451,6 +1522,7 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
     if constexpr (NDL == 4 && FD == 128) use_mma = P.mma != 0 && P.nq <= (uint32_t)QC;
 #endif
     const SeqShare share = seq_share(P, b0, b1, split, kvh, tid, use_mma);
+    NQ_TRACE(1);
     use_mma = share.mma;
     const uint64_t eff = share.eff, t_begin = share.t_begin, t_end = share.t_end;
     const float vmul = share.vmul;  // 2^-E: E the exponent of the sequence's first value scale
@@ -1480,6 +1552,7 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
                 for (uint32_t k = lane; k < QC * D; k += 32) sm.cacc[warp][k] = 0.0f;
                 if (warp == 0) mma_query_fragments<QC>(P, sm, mma_misc, lane);
                 __syncthreads();
+                NQ_TRACE(2);
                 mma_pass<QC>(P, sm, mma_misc, seq, kvh, share.b_first, b1, share.base, t_begin, t_end, warp, lane, vmul);
                 mma_done = true;
             }
@@ -1488,6 +1561,7 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
         if (!mma_done) {
             cuda_core_pass<NDL, QC, FD>(P, sm, seq, kvh, share.b_first, b1, share.base, t_begin, t_end, qc0, warp, lane);
         }  // !mma_done
+        NQ_TRACE(3);
         __syncthreads();
         if (tid < QC) {
             float M = -INFINITY, L = 0.0f;
@@ -1529,6 +1603,7 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
             __syncthreads();
         }
     }
+    NQ_TRACE(4);
     if (P.splits == 1) return;
 
     // The last CTA of this (sequence, KV head) merges the splits.
@@ -1537,7 +1612,10 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
     uint32_t *counter = P.counters + (size_t)seq * P.kv_heads + kvh;
     if (tid == 0) sm.last = atomicAdd(counter, 1u) == P.splits - 1 ? 1u : 0u;
     __syncthreads();
-    if (!sm.last) return;
+    if (!sm.last) {
+        NQ_TRACE(5);
+        return;
+    }
     __threadfence();
     const size_t part0 = ((size_t)seq * P.kv_heads + kvh) * P.splits;
     float *o = sm.cacc[0];
@@ -1580,6 +1658,7 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
         __syncthreads();
         write_output<NDL, QC>(P, sm, o, seq, kvh, qc0);
     }
+    NQ_TRACE(6);
 }
 
 template <int NDL, int QC, int FD> cudaError_t launch(const AttnParams &p, cudaStream_t stream) {
@@ -1645,6 +1724,19 @@ inline size_t ws_up(size_t x) { return (x + kWsAlign - 1) / kWsAlign * kWsAlign;
 }  // namespace gpu
 
 using namespace gpu;
+
+#if defined(NQ_ATTN_TRACE) && !defined(NQ_GPU_SIM) && !defined(NQ_HIP) && !defined(__HIPCC__)
+// The trace of the last launch: 8 stamps per CTA (0 when a phase was not reached).
+size_t gpu_attention_trace(unsigned long long *dst, size_t max_ctas) {
+    const size_t n = std::min<size_t>(max_ctas, kTraceCtas);
+    if (cudaMemcpyFromSymbol(dst, g_attn_trace, n * 8 * sizeof(unsigned long long)) != cudaSuccess) return 0;
+    return n;
+}
+void gpu_attention_trace_clear() {
+    static unsigned long long zero[kTraceCtas][8];
+    (void)cudaMemcpyToSymbol(g_attn_trace, zero, sizeof zero);
+}
+#endif
 
 uint32_t gpu_attention_splits(const nq_context *ctx, uint32_t num_seqs, uint32_t kv_heads) {
     (void)ctx;

@@ -63,6 +63,49 @@ __global__ void fill_random(uint16_t *p, size_t n, uint32_t seed, float amp) {
     }
 }
 
+#if defined(NQ_ATTN_TRACE)
+}  // namespace
+namespace nq {
+size_t gpu_attention_trace(unsigned long long *dst, size_t max_ctas);
+void gpu_attention_trace_clear();
+}  // namespace nq
+namespace {
+// One replay with the kernel's per-CTA timer stamps: where the time of a launch goes.
+void print_trace(cudaStream_t s, cudaGraphExec_t exec, size_t ctas) {
+    nq::gpu_attention_trace_clear();
+    CK(cudaGraphLaunch(exec, s));
+    CK(cudaStreamSynchronize(s));
+    std::vector<unsigned long long> t(ctas * 8);
+    ctas = nq::gpu_attention_trace(t.data(), ctas);
+    unsigned long long t0 = ~0ull, tend = 0;
+    for (size_t c = 0; c < ctas; ++c) {
+        t0 = std::min(t0, t[c * 8]);
+        for (int i = 0; i < 8; ++i) tend = std::max(tend, t[c * 8 + i]);
+    }
+    auto pct = [](std::vector<double> v, double q) {
+        if (v.empty()) return 0.0;
+        std::sort(v.begin(), v.end());
+        return v[std::min(v.size() - 1, (size_t)(q * (double)(v.size() - 1)))];
+    };
+    const char *names[] = {"start", "share", "queries", "pass", "partials", "exit", "merged"};
+    std::fprintf(stderr, "trace: %zu CTAs, span %.1f us (first start to last stamp)\n", ctas, (tend - t0) * 1e-3);
+    for (int i = 0; i < 7; ++i) {
+        std::vector<double> at, dur;
+        for (size_t c = 0; c < ctas; ++c) {
+            const unsigned long long x = t[c * 8 + i];
+            if (!x) continue;
+            at.push_back((x - t0) * 1e-3);
+            if (i > 0) {
+                int j = i == 6 ? 4 : (i == 5 ? 4 : i - 1);
+                if (t[c * 8 + j]) dur.push_back((x - t[c * 8 + j]) * 1e-3);
+            }
+        }
+        std::fprintf(stderr, "  %-8s n=%5zu at p50 %7.1f p90 %7.1f max %7.1f us | since previous p50 %6.1f p90 %6.1f max %6.1f\n",
+                     names[i], at.size(), pct(at, 0.5), pct(at, 0.9), pct(at, 1.0), pct(dur, 0.5), pct(dur, 0.9), pct(dur, 1.0));
+    }
+}
+#endif
+
 template <class F> double median_ms(cudaStream_t s, int warm, int reps, F &&f) {
     cudaEvent_t a, b;
     CK(cudaEventCreate(&a));
@@ -192,6 +235,9 @@ void run(const Shape &sh, cudaStream_t s, int reps, uint32_t force_splits, bool 
     CK(cudaGraphInstantiate(&exec, graph, 0));
     const double graph_ms = median_ms(s, 5, reps, [&]() { CK(cudaGraphLaunch(exec, s)); });
     CK(cudaStreamSynchronize(s));
+#if defined(NQ_ATTN_TRACE)
+    print_trace(s, exec, (size_t)call.num_splits * kH * sh.batch);
+#endif
 
     // Accuracy on sequence 0: float64 attention over its blocks decoded to f32.
     double max_rel = -1.0;
