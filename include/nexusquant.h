@@ -361,10 +361,10 @@ typedef struct nq_config {
     uint32_t key_centering;      /* 0 (default) off; 1: code keys minus their per-(block, head)
                                   * mean in the rotated domain, stored at fp16 beside the codes
                                   * (header flag bit 3, docs/FORMAT.md 1.8). Helps models whose
-                                  * keys carry a large per-channel bias. CPU only: GPU backends
-                                  * return NQ_ERR_UNSUPPORTED for such blocks (compress, decode,
-                                  * copy to device); attention in device memory must not be
-                                  * given them. */
+                                  * keys carry a large per-channel bias. CPU and GPU backends
+                                  * compress, decode and copy such blocks (the same bytes);
+                                  * attention in device memory does not add the mean yet and
+                                  * must not be given them. */
 } nq_config;
 
 /* Fills *cfg with the defaults and sets cfg->size. Always call it first. */

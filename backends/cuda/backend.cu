@@ -336,7 +336,7 @@ nq_status gpu_compress(nq_context *ctx, const BatchItem *items, size_t n, void *
     SelectItem *si = reinterpret_cast<SelectItem *>(sg.host + sel_off);
     std::vector<SelectItem> sel_host;
     uint64_t rows = 0, pos_entries = 0;
-    uint32_t sel_rows_total = 0, max_heads = 0;
+    uint32_t sel_rows_total = 0, max_heads = 0, mean_heads = 0;
     uint64_t norm_rows = 0;
     for (size_t i = 0; i < n; ++i) {
         const BatchItem &gi = items[i];
@@ -399,6 +399,9 @@ nq_status gpu_compress(nq_context *ctx, const BatchItem *items, size_t n, void *
         e.rotary_dims = h.rotary_dims;
         e.k_alpha = codec_alpha(h.codec, h.k_bits);
         e.v_alpha = codec_alpha(h.codec, h.v_bits);
+        e.key_mean = (h.flags & kFlagKeyMean) ? 1u : 0u;
+        e.mean_begin = mean_heads;
+        mean_heads += e.key_mean ? H : 0u;
         header_write(h, e.header);
 
         if (gi.sel_rows) {
@@ -485,7 +488,7 @@ nq_status gpu_compress(nq_context *ctx, const BatchItem *items, size_t n, void *
     }
     const uint32_t G = lanes_for(ctx->cfg.head_dim) == 64 ? 32 : lanes_for(ctx->cfg.head_dim);
     EncodeLaunch el{device, ctx->cfg.head_dim, reinterpret_cast<const EncodeItem *>(ws + items_off), (uint32_t)n,
-                    rows, pos_entries, 0};
+                    rows, pos_entries, 0, mean_heads};
     el.work_groups = std::max<uint64_t>(rows, std::max<uint64_t>((n * kMetaUnits + G - 1) / G, (pos_entries + G - 1) / G));
     err = run_encode(el, stream);
     if (err != cudaSuccess) return runtime_fail(err, "launching the compress kernel");
@@ -542,6 +545,7 @@ nq_status gpu_decode(nq_context *ctx, const nq_block &b, uint32_t begin, uint32_
     p.rotate = h.rope_mode == NQ_ROPE_REMOVE ? 1u : 0u;
     p.pairing = h.rope_pairing;
     p.rotary_dims = h.rotary_dims;
+    p.key_mean = (h.flags & kFlagKeyMean) ? 1u : 0u;
 
     const uint32_t total = end - begin;
     if (2ull * h.num_heads * total >= (1ull << 32))

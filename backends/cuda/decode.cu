@@ -1,4 +1,4 @@
-// The decode kernel: codes -> E8 points -> scale -> inverse Hadamard -> RoPE at the
+// The decode kernel: codes -> E8 points -> scale -> (+ key mean) -> inverse Hadamard -> RoPE at the
 // stored positions -> the destination dtype, written once into a strided or paged
 // destination. Fp16 rows of the block are converted and copied.
 #include "gpu_runtime.h"  // first: the runtime defines __host__/__device__ for the shared headers
@@ -67,6 +67,12 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const NQ_GRID_CONSTANT
 #pragma unroll
                     for (int i = 0; i < 8; ++i) x[8 * g + i] = 0.0f;
                 }
+            }
+            if (!is_v && p.key_mean) {  // the head's key mean (FORMAT.md 1.8); lanes past D add 0
+                float m[E];
+                load_lane<E>(p.src + p.off[kSecKMean], kF16, (int64_t)h * D, 1, d0, D, m);
+#pragma unroll
+                for (int e = 0; e < E; ++e) x[e] = x[e] + m[e];
             }
             fwht_lanes<E>(x, n_block, gl, mask);
 #pragma unroll

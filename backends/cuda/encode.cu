@@ -1,6 +1,8 @@
 // The compress kernel: one launch writes every block of a batch (header, padding,
 // positions, scales, codes, fp16 rows). K and V are read once, each block byte is
 // written once. See kernels.cuh for how a head vector is spread over a lane group.
+// Key-centred items (FORMAT.md 1.8) get their k_mean section from a launch before it
+// (key_mean_kernel), which the compress kernel reads back before it scales keys.
 #include "gpu_runtime.h"  // first: the runtime defines __host__/__device__ for the shared headers
 #include "../../src/core/format.h"
 #include "launch.h"
@@ -10,6 +12,93 @@ namespace nq {
 namespace gpu {
 
 namespace {
+
+// Rotated key rows one lane group puts into the chunk of key_mean_kernel per round:
+// several rows so that their loads are in flight together.
+template <int E> constexpr int mean_rows() { return E == 8 ? 4 : 2; }
+
+// The key mean of each head of the centred items, written into the k_mean section as
+// the CPU reference does (write_key_mean): the keys of the coded slots, RoPE removed
+// when the block removes it, Hadamard-rotated as the compress kernel rotates them,
+// summed in float64 in slot order, divided by the count in float64, rounded to f32
+// then f16. One thread block per (item, head): its lane groups rotate a chunk of slots
+// into shared memory, then thread d adds the chunk's values of dim d to its float64
+// sum in slot order, so the sum is the reference's bit for bit.
+template <int E, int G>
+__global__ void __launch_bounds__(kThreads) key_mean_kernel(const EncodeItem *items, uint32_t n_items,
+                                                            uint32_t total_heads) {
+    constexpr int R = mean_rows<E>();
+    constexpr uint32_t P = (uint32_t)(G * E), groups = kThreads / G, per_chunk = R * groups;
+    constexpr int dims = (int)((P + kThreads - 1) / kThreads);  // dims summed by one thread
+    __shared__ float smem[kThreads * E];                        // RoPE exchange rows
+    __shared__ float chunk[per_chunk * P];                      // rotated rows [slot of the chunk][P]
+    const uint32_t lane32 = threadIdx.x & 31u, gl = threadIdx.x & (G - 1u), grp = threadIdx.x / G;
+    const unsigned mask = group_mask(lane32, G);
+    const uint32_t d0 = gl * E;
+    const uint32_t signs = sign_bits<E>(d0);
+    float *sm = smem + grp * P;
+    RopePlan<E> plan;  // the batch's items share one context, hence one RoPE
+    if (n_items) plan.init(d0, items[0].pairing, items[0].rotary_dims);
+    for (uint32_t u = blockIdx.x; u < total_heads; u += gridDim.x) {
+        const EncodeItem &it = items[find_item(items, n_items, u, [](const EncodeItem &x) { return x.mean_begin; })];
+        const uint32_t h = u - it.mean_begin, D = it.D, K = it.K, coded = it.coded;
+        const uint32_t *kept = it.kept ? it.kept + (uint64_t)(it.kept_rows > 1 ? h : 0) * K : nullptr;
+        double sum[dims];
+#pragma unroll
+        for (int k = 0; k < dims; ++k) sum[k] = 0.0;
+        for (uint32_t c0 = 0; c0 < coded; c0 += per_chunk) {
+            float x[R][E];
+#pragma unroll
+            for (int r = 0; r < R; ++r) {  // every load first, then the exchanges
+                const uint32_t c = c0 + (uint32_t)r * groups + grp;
+                if (c < coded) {
+                    const uint32_t j = it.s_end + c, t = kept ? kept[j] : j;
+                    load_lane<E>(it.k, it.dtype, layout_offset(it.kl, h, t), it.kl.stride_dim, d0, D, x[r]);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < E; ++e) x[r][e] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const uint32_t q = (uint32_t)r * groups + grp, c = c0 + q;
+                if (c < coded) {  // the same for every lane of the group
+                    if (it.unrotate) {
+                        const uint32_t j = it.s_end + c, t = kept ? kept[j] : j;
+                        const uint32_t pos = it.positions ? it.positions[t] : it.start_position + t;
+                        rope_planned<E>(x[r], sm, d0, plan, it.rope + (uint64_t)pos * (it.rotary_dims / 2), true,
+                                        mask);
+                    }
+#pragma unroll
+                    for (int e = 0; e < E; ++e)
+                        if ((signs >> e) & 1u) x[r][e] = -x[r][e];
+                    fwht_lanes<E>(x[r], hadamard_block(D), gl, mask);
+                }
+#pragma unroll
+                for (int e = 0; e < E; ++e) chunk[q * P + d0 + (uint32_t)e] = x[r][e];
+            }
+            __syncthreads();
+            const uint32_t n = coded - c0 < per_chunk ? coded - c0 : per_chunk;
+#pragma unroll
+            for (int k = 0; k < dims; ++k) {
+                const uint32_t d = threadIdx.x + (uint32_t)k * kThreads;
+                if (d < D)
+                    for (uint32_t q = 0; q < n; ++q) sum[k] += (double)chunk[q * P + d];
+            }
+            __syncthreads();
+        }
+        uint8_t *mean = it.dst + it.off[kSecKMean] + (uint64_t)h * D * 2;
+#pragma unroll
+        for (int k = 0; k < dims; ++k) {
+            const uint32_t d = threadIdx.x + (uint32_t)k * kThreads;
+            if (d >= D) continue;
+            const float m = coded ? (float)(sum[k] / (double)coded) : 0.0f;
+            const uint16_t b = float_to_half(m, kF16);
+            mean[2 * d] = (uint8_t)b;
+            mean[2 * d + 1] = (uint8_t)(b >> 8);
+        }
+    }
+}
 
 template <int E, int G>
 __global__ void __launch_bounds__(kThreads) encode_kernel(const EncodeItem *items, uint32_t n_items,
@@ -96,6 +185,12 @@ __global__ void __launch_bounds__(kThreads) encode_kernel(const EncodeItem *item
         for (int e = 0; e < E; ++e)
             if ((signs >> e) & 1u) x[e] = -x[e];
         fwht_lanes<E>(x, hadamard_block(D), gl, mask);
+        if (!is_v && it.key_mean) {  // written by key_mean_kernel; lanes past D subtract 0
+            float m[E];
+            load_lane<E>(it.dst + it.off[kSecKMean], kF16, (int64_t)h * D, 1, d0, D, m);
+#pragma unroll
+            for (int e = 0; e < E; ++e) x[e] = x[e] - m[e];
+        }
         const float ss = sum_squares_lanes<E, G>(x, gl, mask);
 
         const int bits = (int)(is_v ? it.v_bits : it.k_bits);
@@ -131,6 +226,13 @@ __global__ void __launch_bounds__(kThreads) encode_kernel(const EncodeItem *item
 }
 
 template <int E, int G> cudaError_t launch_encode(const EncodeLaunch &a, cudaStream_t stream) {
+    if (a.mean_heads) {  // ordered before the compress kernel on the stream
+        auto mk = key_mean_kernel<E, G>;
+        unsigned mgrid = grid_for(a.device, mk, (uint64_t)a.mean_heads * kThreads);
+        NQ_LAUNCH(mk, dim3(mgrid), dim3(kThreads), stream, a.items, a.n_items, a.mean_heads);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+    }
     auto kern = encode_kernel<E, G>;
     unsigned grid = grid_for(a.device, kern, a.work_groups * G);
     NQ_LAUNCH(kern, dim3(grid), dim3(kThreads), stream, a.items, a.n_items, a.total_rows, a.total_pos);

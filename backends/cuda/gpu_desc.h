@@ -53,6 +53,8 @@ struct EncodeItem {
     uint32_t dtype, codec, k_bits, v_bits;
     uint32_t unrotate, pairing, rotary_dims;
     float k_alpha, v_alpha;
+    uint32_t key_mean;           // 1: keys are coded minus the head's mean (FORMAT.md 1.8)
+    uint32_t mean_begin;         // first (item, head) of the key-mean launch; counts centred items only
     uint32_t reserved;
     uint8_t header[128];
 };
@@ -74,6 +76,7 @@ struct DecodeParams {
     uint32_t pos_rows, pos_bytes, first_position;
     uint32_t dtype, codec, k_bits, v_bits;
     uint32_t rotate, pairing, rotary_dims;
+    uint32_t key_mean;           // 1: decoded keys get the head's mean (k_mean section) added back
 };
 
 // Device-side token selection of one item (sinks [0, lo) and window [hi, T) are kept,

@@ -119,7 +119,7 @@ type Config struct {
 	// ArchiveZstdLevel: 0 = the library's default (3), < 0 = no zstd.
 	ArchiveZstdLevel int32
 	// KeyCentering codes keys minus their per-(block, head) mean (docs/FORMAT.md 1.8);
-	// CPU only, off by default.
+	// off by default; GPU attention does not read the mean yet.
 	KeyCentering bool
 	Overrides    []LayerOverride
 }

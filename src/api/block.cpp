@@ -151,9 +151,6 @@ extern "C" NQ_API nq_status nq_block_copy(nq_context *ctx, const nq_block *src, 
     if (memory != NQ_MEMORY_HOST && memory != NQ_MEMORY_CUDA && memory != NQ_MEMORY_HIP)
         return fail(NQ_ERR_INVALID_ARGUMENT, "memory is %d: not an nq_memory", (int)memory);
     if (dst && (uintptr_t)dst % 16) return fail(NQ_ERR_INVALID_ARGUMENT, "dst must be 16-byte aligned");
-    if (memory != NQ_MEMORY_HOST && (src->h.flags & kFlagKeyMean))
-        return fail(NQ_ERR_UNSUPPORTED,
-                    "the block uses key centering (header flag bit 3), which GPU backends do not support: keep it in host memory");
     const BackendOps *dst_be = backend_for(memory), *src_be = backend_for(src->memory);
     if ((memory != NQ_MEMORY_HOST || src->memory != NQ_MEMORY_HOST) && !have_device_backend())
         return fail(NQ_ERR_BACKEND_UNAVAILABLE, "device memory, but this library was built without a GPU backend");

@@ -231,9 +231,6 @@ nq_status device_prepare(nq_context *ctx, const BackendOps &be, const nq_kv_desc
                          const nq_buffer *dst, bool first_chunk, HostScratch &scratch, nq_kv_desc &kv, BatchItem &gi,
                          nq_block **out) {
     *out = nullptr;
-    if (ctx->cfg.key_centering)
-        return fail(NQ_ERR_UNSUPPORTED,
-                    "config.key_centering: key centering is not supported by GPU backends; compress from host memory");
     if (!kv_in) return fail(NQ_ERR_INVALID_ARGUMENT, "kv is NULL");
     nq_kv_desc_init(&kv);
     NQ_TRY(copy_sized(kv_in, &kv, "nq_kv_desc"));

@@ -145,8 +145,6 @@ nq_status validate_config(nq_config &c) {
         return fail(NQ_ERR_INVALID_ARGUMENT, "config.archive_zstd_level is %d: at most 19", c.archive_zstd_level);
     if (c.key_centering > 1)
         return fail(NQ_ERR_INVALID_ARGUMENT, "config.key_centering is %u: must be 0 (off) or 1 (on)", c.key_centering);
-    if (c.key_centering && c.backend != NQ_BACKEND_AUTO && c.backend != NQ_BACKEND_CPU)
-        return fail(NQ_ERR_UNSUPPORTED, "config.key_centering: key centering is supported by the CPU backend only");
     return NQ_OK;
 }
 

@@ -28,9 +28,6 @@ nq_status decode_range(nq_context *ctx, const nq_block *blk, uint32_t begin, uin
         return fail(NQ_ERR_BACKEND_UNAVAILABLE, "%s",
                     have_device_backend() ? "the block is in device memory of a backend this library lacks"
                                           : "the block is in device memory and this library has no GPU backend");
-    if (blk->memory != NQ_MEMORY_HOST && (blk->h.flags & kFlagKeyMean))
-        return fail(NQ_ERR_UNSUPPORTED,
-                    "the block uses key centering (header flag bit 3), which GPU backends do not decode");
     if (end == begin) return NQ_OK;
     NQ_TRY(validate_kv(ctx, out, true, "out"));
     NQ_TRY(validate_outputs_disjoint(ctx, out, "out"));

@@ -58,7 +58,7 @@ struct Case {
     int64_t start_position;
     bool store_archives;  // full archive bytes under archives/
     bool store_inputs;    // raw inputs under inputs/
-    uint32_t key_centering = 0;  // nq_config.key_centering (FORMAT.md 1.8); CPU only
+    uint32_t key_centering = 0;  // nq_config.key_centering (FORMAT.md 1.8)
 };
 
 // One step of splitmix64 (the generator's source of bits).

@@ -17,7 +17,8 @@ constexpr uint32_t kDim = 128, kHeads = 4, kTokens = 301;
 #endif
 
 const char *section_of(const nq_block *b, size_t off) {
-    static const char *names[] = {"positions", "k_scales", "v_scales", "k_codes", "v_codes", "k_fp16", "v_fp16"};
+    static const char *names[] = {"positions", "k_scales", "v_scales", "k_codes", "v_codes", "k_fp16", "v_fp16", "k_mean"};
+    static_assert(sizeof names / sizeof names[0] == nq::kNumSections, "a name per section");
     if (off < nq::kHeaderBytes) return "header";
     const char *s = "padding";
     for (int i = 0; i < nq::kNumSections; ++i)
@@ -306,13 +307,130 @@ TEST(GpuEquivalenceExtra, QueryScores) {
     }
 }
 
-// A ragged batch with caller buffers and workspace, several layers (per-layer bits).
-TEST(GpuBatch, RaggedItemsOneCall) {
+// Key centering (FORMAT.md 1.8): the device's mean (a float64 sum over the coded slots in
+// slot order, one thread per dimension) and the codes of the keys minus it are the CPU
+// reference's bytes; the CPU's centred block moved to the device decodes as on the CPU.
+nq_config centred_config(uint32_t D, uint32_t H, nq_preset preset) {
+    nq_config c = base_config(D, H, preset);
+    c.key_centering = 1;
+    c.fp16_sinks = 10;  // run_case's positions start at 7: 3 sink tokens
+    c.fp16_window = 5;
+    return c;
+}
+
+TEST(GpuKeyCentering, RopeModesAndDtypes) {
     NQT_REQUIRE_DEVICE();
+    uint32_t seed = 700;
+    for (nq_rope_mode mode : {NQ_ROPE_REMOVE, NQ_ROPE_KEEP, NQ_ROPE_NONE})
+        for (nq_dtype dt : {NQ_DTYPE_F16, NQ_DTYPE_BF16, NQ_DTYPE_F32}) {
+            nq_config cfg = centred_config(kDim, 3, NQ_PRESET_LOSSLESS);
+            cfg.rope.mode = mode;
+            const Kind kind = seed % 2 ? Kind::PagedHND : Kind::Transposed;
+            run_case(cfg, dt, kind, kTokens, seed++,
+                     "centred, rope mode " + std::to_string((int)mode) + ", dtype " + std::to_string((int)dt));
+        }
+}
+
+// Several chunks of slots per head (the kernel sums a chunk at a time), head dims that
+// take 4, 8 and 32 lanes of 8 or 16 floats, interleaved partial RoPE, the scalar codec.
+TEST(GpuKeyCentering, LongBlocksAndHeadDims) {
+    NQT_REQUIRE_DEVICE();
+    // Coded slots: 142, 72, 32; a chunk holds 128, 64, 8 of them.
+    const uint32_t dims[] = {24, 64, 320}, tokens[] = {150, 80, 40};
+    for (int i = 0; i < 3; ++i) {
+        nq_config cfg = centred_config(dims[i], 2, NQ_PRESET_LOSSLESS);
+        run_case(cfg, NQ_DTYPE_BF16, Kind::Strided, tokens[i], 800 + dims[i],
+                 "centred, " + std::to_string(tokens[i]) + " tokens, head_dim " + std::to_string(dims[i]));
+    }
+    nq_config cfg = centred_config(kDim, 2, NQ_PRESET_LOSSLESS);
+    cfg.rope.pairing = NQ_ROPE_INTERLEAVED;
+    cfg.rope.rotary_dims = kDim / 2;
+    cfg.codec = NQ_CODEC_SCALAR;
+    run_case(cfg, NQ_DTYPE_F16, Kind::PagedNHD, 90, 901, "centred, interleaved partial RoPE, scalar codec");
+}
+
+// Eviction: the mean is over each head's kept coded slots, chosen on the device
+// (key norms) or on the host (given scores), per head, head-shared or by pages.
+TEST(GpuKeyCentering, EvictedBlocks) {
+    NQT_REQUIRE_DEVICE();
+    const uint32_t H = 3, T = kTokens + 20;
+    std::mt19937 rng(41);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    std::vector<float> s((size_t)H * T);
+    for (auto &x : s) x = u(rng);
+    nq_score_desc hs;
+    nq_score_desc_init(&hs);
+    hs.kind = NQ_SCORES_GIVEN;
+    hs.scores = s.data();
+    hs.score_stride_head = T;
+    hs.score_stride_token = 1;
+    for (nq_evict_mode mode : {NQ_EVICT_PER_HEAD, NQ_EVICT_HEAD_SHARED, NQ_EVICT_PAGED}) {
+        nq_config cfg = centred_config(kDim, H, NQ_PRESET_BALANCED);
+        cfg.evict_mode = mode;
+        const std::string m = std::to_string((int)mode);
+        if (mode != NQ_EVICT_PAGED)  // paged eviction ranks host scores only
+            run_case(cfg, NQ_DTYPE_F16, Kind::PagedNHD, T, 51, "centred, key-norm eviction, mode " + m);
+        run_case(cfg, NQ_DTYPE_BF16, Kind::Strided, T, 52, "centred, host scores, mode " + m, &hs, nullptr);
+    }
+}
+
+// No coded token (every kept token is a sink or in the fp16 window): the mean is zeros.
+TEST(GpuKeyCentering, NoCodedTokens) {
+    NQT_REQUIRE_DEVICE();
+    for (uint32_t T : {1u, 8u}) {  // 1 sink; 3 sinks and the 5-token window
+        nq_config cfg = centred_config(kDim, 2, NQ_PRESET_LOSSLESS);
+        run_case(cfg, NQ_DTYPE_F16, Kind::Strided, T, 60 + T, "centred, " + std::to_string(T) + " tokens, none coded");
+        // The case is what it says: no coded slot, a zero mean.
+        nq_context *ctx = nullptr;
+        ASSERT_EQ(nq_context_create(&cfg, &ctx), NQ_OK) << nq_last_error();
+        std::mt19937 rng(T);
+        Pair in;
+        make_pair(in, Kind::Strided, NQ_DTYPE_F16, 2, T, kDim, rng, true);
+        nq_kv_desc hkv = desc(in, NQ_DTYPE_F16, T, false);
+        hkv.start_position = 7;
+        nq_block *b = nullptr;
+        ASSERT_EQ(nq_compress_kv(ctx, &hkv, nullptr, nullptr, &b), NQ_OK) << nq_last_error();
+        EXPECT_EQ(b->g.coded, 0u);
+        EXPECT_EQ(b->g.length[nq::kSecKMean], 2u * kDim * 2);
+        for (uint64_t i = 0; i < b->g.length[nq::kSecKMean]; ++i) EXPECT_EQ(b->data[b->g.offset[nq::kSecKMean] + i], 0);
+        nq_block_free(b);
+        nq_context_free(ctx);
+    }
+}
+
+// A context bound to the GPU backend takes key centering, and the block records it.
+TEST(GpuKeyCentering, CudaContext) {
+    NQT_REQUIRE_DEVICE();
+    nq_config cfg = centred_config(kDim, kHeads, NQ_PRESET_LOSSLESS);
+    cfg.backend = NQ_BACKEND_CUDA;
+    nq_context *ctx = nullptr;
+    ASSERT_EQ(nq_context_create(&cfg, &ctx), NQ_OK) << nq_last_error();
+    std::mt19937 rng(8);
+    Pair in;
+    make_pair(in, Kind::Strided, NQ_DTYPE_F16, kHeads, kTokens, kDim, rng, true);
+    NQT_CUDA(cudaMemcpy(in.dk.p, in.k.host.data(), in.k.host.size(), cudaMemcpyHostToDevice));
+    NQT_CUDA(cudaMemcpy(in.dv.p, in.v.host.data(), in.v.host.size(), cudaMemcpyHostToDevice));
+    nq_kv_desc dkv = desc(in, NQ_DTYPE_F16, kTokens, true);
+    nq_block *b = nullptr;
+    ASSERT_EQ(nq_compress_kv(ctx, &dkv, nullptr, nullptr, &b), NQ_OK) << nq_last_error();
+    nq_block_info info;
+    info.size = sizeof info;
+    ASSERT_EQ(nq_block_get_info(b, &info), NQ_OK);
+    EXPECT_EQ(info.memory, NQ_MEMORY_CUDA);
+    EXPECT_EQ(info.key_mean_bytes, (uint64_t)kHeads * kDim * 2);
+    nq_block_free(b);
+    nq_context_free(ctx);
+}
+
+// A ragged batch with caller buffers and workspace, several layers (per-layer bits);
+// `centred`: key centering, items without coded tokens among them.
+void ragged_batch(bool centred) {
     nq_layer_override ov{1, 2, 4, 4, -1.0f, 0};
     nq_config cfg = base_config(kDim, kHeads, NQ_PRESET_HIGH);
     cfg.overrides = &ov;
     cfg.num_overrides = 1;
+    cfg.key_centering = centred ? 1u : 0u;
+    if (centred) cfg.fp16_window = 4;  // coded slots in every item longer than sinks + window
     nq_context *ctx = nullptr;
     ASSERT_EQ(nq_context_create(&cfg, &ctx), NQ_OK) << nq_last_error();
     std::mt19937 rng(5);
@@ -351,17 +469,28 @@ TEST(GpuBatch, RaggedItemsOneCall) {
         << nq_last_error();
     for (size_t i = 0; i < n; ++i) {
         EXPECT_EQ(st[i], NQ_OK);
-        expect_same_block(ctx, cpu[i], gpu[i], "batch item " + std::to_string(i));
+        expect_same_block(ctx, cpu[i], gpu[i], std::string(centred ? "centred " : "") + "batch item " + std::to_string(i));
+        EXPECT_EQ((cpu[i]->h.flags & nq::kFlagKeyMean) != 0, centred);
         nq_block_free(cpu[i]);
         nq_block_free(gpu[i]);
     }
     nq_context_free(ctx);
 }
 
-// Device block -> host (on a stream) -> archive -> back -> device: nothing changes.
-TEST(GpuArchive, DeviceBlockRoundTrip) {
+TEST(GpuBatch, RaggedItemsOneCall) {
     NQT_REQUIRE_DEVICE();
+    ragged_batch(false);
+}
+
+TEST(GpuBatch, RaggedItemsOneCallKeyCentred) {
+    NQT_REQUIRE_DEVICE();
+    ragged_batch(true);
+}
+
+// Device block -> host (on a stream) -> archive -> back -> device: nothing changes.
+void archive_round_trip(bool centred) {
     nq_config cfg = base_config(kDim, kHeads, NQ_PRESET_BALANCED);
+    cfg.key_centering = centred ? 1u : 0u;
     nq_context *ctx = nullptr;
     ASSERT_EQ(nq_context_create(&cfg, &ctx), NQ_OK);
     std::mt19937 rng(9);
@@ -388,9 +517,20 @@ TEST(GpuArchive, DeviceBlockRoundTrip) {
     ASSERT_EQ(nq_block_digest(back, &b), NQ_OK);
     EXPECT_EQ(a, b);
     EXPECT_EQ(nq_block_digest(gpu, &a), NQ_ERR_UNSUPPORTED);
+    EXPECT_EQ((host->h.flags & nq::kFlagKeyMean) != 0, centred);
     for (nq_block *x : {gpu, host, back, again}) nq_block_free(x);
     cudaStreamDestroy(s);
     nq_context_free(ctx);
+}
+
+TEST(GpuArchive, DeviceBlockRoundTrip) {
+    NQT_REQUIRE_DEVICE();
+    archive_round_trip(false);
+}
+
+TEST(GpuArchive, DeviceBlockRoundTripKeyCentred) {
+    NQT_REQUIRE_DEVICE();
+    archive_round_trip(true);
 }
 
 TEST(GpuErrors, MemoryAndBackendMismatches) {
@@ -416,9 +556,9 @@ TEST(GpuErrors, MemoryAndBackendMismatches) {
 #if !defined(NQ_GPU_SIM)
 // Compress (batch, caller buffers and workspace) and decode captured in one graph on a
 // stream; replaying it reproduces the CPU's bytes.
-TEST(GpuGraph, CaptureAndReplay) {
-    NQT_REQUIRE_DEVICE();
+void capture_and_replay(bool centred) {
     nq_config cfg = base_config(kDim, kHeads, NQ_PRESET_LOSSLESS);
+    cfg.key_centering = centred ? 1u : 0u;
     nq_context *ctx = nullptr;
     ASSERT_EQ(nq_context_create(&cfg, &ctx), NQ_OK);
     std::mt19937 rng(3);
@@ -476,6 +616,16 @@ TEST(GpuGraph, CaptureAndReplay) {
     nq_block_free(cpu);
     cudaStreamDestroy(s);
     nq_context_free(ctx);
+}
+
+TEST(GpuGraph, CaptureAndReplay) {
+    NQT_REQUIRE_DEVICE();
+    capture_and_replay(false);
+}
+
+TEST(GpuGraph, CaptureAndReplayKeyCentred) {
+    NQT_REQUIRE_DEVICE();
+    capture_and_replay(true);
 }
 #endif
 

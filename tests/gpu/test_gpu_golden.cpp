@@ -99,25 +99,6 @@ TEST_P(GpuGolden, Matches) {
     const nq_kv_desc kv = golden::kv_desc_for(c, in, dk.p, dv.p, NQ_MEMORY_CUDA);
     const nq_score_desc sc = golden::scores_for(c, in);  // given scores stay in host memory
     nq_block *g = nullptr;
-    if (c.key_centering) {
-        // Key centering is CPU-only: the GPU backend refuses to compress such a block, and
-        // a centred block (the stored archive) cannot be moved to the device.
-        EXPECT_EQ(nq_compress_kv(ctx, &kv, c.scores == golden::Scores::None ? nullptr : &sc, nullptr, &g),
-                  NQ_ERR_UNSUPPORTED);
-        EXPECT_NE(std::string(nq_last_error()).find("key centering"), std::string::npos) << nq_last_error();
-        EXPECT_EQ(g, nullptr);
-        if (c.store_archives) {
-            std::vector<uint8_t> file;
-            ASSERT_TRUE(golden::read_hex(golden::archive_path(c, false), &file));
-            nq_block *b = nullptr, *d = nullptr;
-            ASSERT_EQ(nq_block_deserialize(ctx, file.data(), file.size(), &b), NQ_OK) << nq_last_error();
-            Block back(b);
-            EXPECT_EQ(nq_block_copy(ctx, back.get(), NQ_MEMORY_CUDA, 0, nullptr, 0, nullptr, &d), NQ_ERR_UNSUPPORTED);
-            EXPECT_NE(std::string(nq_last_error()).find("key centering"), std::string::npos) << nq_last_error();
-            EXPECT_EQ(d, nullptr);
-        }
-        return;
-    }
     ASSERT_EQ(nq_compress_kv(ctx, &kv, c.scores == golden::Scores::None ? nullptr : &sc, nullptr, &g), NQ_OK)
         << what << ": " << nq_last_error();
     Block gpu(g);

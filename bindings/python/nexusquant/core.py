@@ -314,7 +314,8 @@ class Context:
 
     preset: lossless | high | conservative | balanced | max | aggressive | S | M | L | XL | custom
     k_bits / v_bits / evict override the preset; target_ratio plans bits and eviction.
-    key_centering codes keys minus their per-(block, head) mean (CPU only; off by default).
+    key_centering codes keys minus their per-(block, head) mean (off by default; GPU
+    attention does not read the mean yet).
     """
 
     def __init__(self, head_dim: int, num_kv_heads: int, num_q_heads: int = 0, *, preset: str = "lossless",
