@@ -38,6 +38,7 @@ struct AttnCase {
     int64_t out_pad = 0;     // extra elements between query heads of the output
     bool graph = false;      // second run: the call captured into a CUDA graph and replayed
     bool public_api = false; // through nq_attention_decode (validation, splits, dispatch) instead
+    bool key_centering = false;  // blocks with a key mean (FORMAT.md 1.8); keys get a common offset
 };
 
 double bound_for(nq_dtype t) { return t == NQ_DTYPE_F32 ? 2e-5 : (t == NQ_DTYPE_BF16 ? 1.2e-2 : 2e-3); }
@@ -69,12 +70,16 @@ float get(const std::vector<uint8_t> &buf, nq_dtype t, size_t i) {
 
 // Compresses random K/V of T tokens starting at `start` on the host, decodes it back
 // (f32) and moves a copy to the device.
-void make_block(nq_context *ctx, uint32_t H, uint32_t D, uint32_t T, int64_t start, std::mt19937 &rng, HostBlock &b) {
+// key_offset: a per-block offset added to every key (centred blocks code keys minus
+// their mean, so attention must add it back: its logit share differs between blocks).
+void make_block(nq_context *ctx, uint32_t H, uint32_t D, uint32_t T, int64_t start, std::mt19937 &rng, HostBlock &b,
+                float key_offset = 0.0f) {
     std::normal_distribution<float> nd(0.0f, 1.0f);
     std::vector<uint16_t> k((size_t)H * T * D), v(k.size());
     for (size_t i = 0; i < k.size(); ++i) {
         const float big = (i % D) % 17 == 0 ? 4.0f : 1.0f;  // a few large channels, as keys have
-        k[i] = nq::f32_to_f16(nd(rng) * big);
+        const float off = key_offset * (((i % D) * 7 + (i / ((size_t)T * D)) * 3) % 5 - 2.0f);
+        k[i] = nq::f32_to_f16(nd(rng) * big + off);
         v[i] = nq::f32_to_f16(nd(rng));
     }
     nq_kv_desc kv;
@@ -129,6 +134,7 @@ Result run_attention(const AttnCase &S, uint32_t seed, const std::string &what) 
     cfg.rope.mode = S.rope;
     cfg.fp16_sinks = S.fp16_sinks;
     cfg.fp16_window = S.fp16_window;
+    cfg.key_centering = S.key_centering ? 1u : 0u;
     nq_context *ctx = nullptr;
     EXPECT_EQ(nq_context_create(&cfg, &ctx), NQ_OK) << nq_last_error();
     if (!ctx) return res;
@@ -141,7 +147,8 @@ Result run_attention(const AttnCase &S, uint32_t seed, const std::string &what) 
         int64_t start = 3 * s;
         for (uint32_t t : S.seqs[s]) {
             blocks[s].emplace_back();
-            make_block(ctx, H, D, t, start, rng, blocks[s].back());
+            make_block(ctx, H, D, t, start, rng, blocks[s].back(),
+                       S.key_centering ? 1.5f * (float)blocks[s].size() : 0.0f);
             if (::testing::Test::HasFatalFailure()) return res;
             images.push_back(blocks[s].back().image);
             start += t;
@@ -438,6 +445,29 @@ TEST(GpuAttention, EvictionMasksWindowSoftcap) {
 #endif
         S.splits = 1 + 2 * (uint32_t)variant;
         check(S, 900 + (uint32_t)variant, "eviction/masks variant " + std::to_string(variant));
+    }
+}
+
+// Key-centred blocks: coded keys are stored minus a per-block mean, which attention adds
+// back as a logit offset per (block, head, query). Blocks of one sequence get different
+// key offsets, so a missing offset moves both the output and the log-sum-exp.
+TEST(GpuAttention, KeyCenteredBlocks) {
+    NQT_REQUIRE_DEVICE();
+    for (int variant = 0; variant < 4; ++variant) {
+        AttnCase S;
+        S.key_centering = true;
+        S.D = variant == 3 ? 64 : 128;  // 128 with fp16 queries: the tensor-core path on CUDA devices
+        S.rope = variant == 1 ? NQ_ROPE_REMOVE : NQ_ROPE_KEEP;
+        S.preset = variant == 2 ? NQ_PRESET_BALANCED : NQ_PRESET_LOSSLESS;
+        S.dtype = variant == 3 ? NQ_DTYPE_F32 : NQ_DTYPE_F16;
+        S.masks = variant == 2;
+#if defined(NQ_GPU_SIM)
+        S.seqs = {{40, 30}, {50}};
+#else
+        S.seqs = {{600, 300, 200}, {900}, {128, 128}};
+#endif
+        S.splits = 1 + 2 * (uint32_t)variant;
+        check(S, 4200 + (uint32_t)variant, "key centering variant " + std::to_string(variant));
     }
 }
 
