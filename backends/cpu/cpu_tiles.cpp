@@ -69,7 +69,8 @@ inline void scatter_row(const void *src, size_t es, int64_t sd, uint32_t D, void
 // here): the kernels' tile (head_dim x W floats), the RoPE tables of a super-batch (at
 // most 16 KB, or one tile's when rotary_dims is 512) and, for layouts with a dim stride,
 // a tile of gathered rows. 24 KB at head_dim 128 with AVX-512; at most about 96 KB
-// (head_dim 512, f32, strided dims).
+// (head_dim 512, f32, strided dims), plus up to 32 KB of float64 sums in the key-mean
+// pass of a centred block.
 #define NQ_TASK_SCRATCH(bytes) align64<float>(alloca((bytes) + 64))
 
 struct EncodeState {
