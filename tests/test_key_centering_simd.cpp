@@ -240,6 +240,41 @@ TEST(KeyCenteringSimd, OtherShapes) {
     }
 }
 
+// A non-finite coded key poisons its head's key mean (so every coded key of that head);
+// every ISA and thread count fails with the reference's message, naming that head.
+TEST(KeyCenteringSimd, NonFiniteKeyNamesTheRow) {
+    const Case c{4, 64, 60, NQ_DTYPE_F32, NQ_ROPE_REMOVE, NQ_ROPE_SPLIT_HALF, 0, false, true, NQ_CODEC_E8, 3};
+    Input in = make_input(c, 77);
+    const float inf = INFINITY;
+    std::memcpy(&in.k[(((size_t)2 * c.tokens + 20) * c.head_dim + 5) * 4], &inf, 4);
+    std::string ref;
+    for (nq_cpu_isa isa : {NQ_ISA_SCALAR, NQ_ISA_AVX2, NQ_ISA_AVX512})
+        for (uint32_t threads : {1u, 3u}) {
+            nq_config cfg = config(c, isa, threads);
+            nq_context *p = nullptr;
+            ASSERT_EQ(nq_context_create(&cfg, &p), NQ_OK) << nq_last_error();
+            Ctx ctx(p);
+            nq_kv_desc d;
+            nq_kv_desc_init(&d);
+            d.dtype = c.dtype;
+            d.num_tokens = c.tokens;
+            d.k = in.k.data();
+            d.v = in.v.data();
+            d.positions = in.pos.data();
+            nq_layout_contiguous(&d.k_layout, c.tokens, c.head_dim);
+            nq_layout_contiguous(&d.v_layout, c.tokens, c.head_dim);
+            nq_block *b = nullptr;
+            EXPECT_EQ(nq_compress_kv(ctx.get(), &d, nullptr, nullptr, &b), NQ_ERR_INVALID_ARGUMENT)
+                << nq_context_cpu_isa(ctx.get());
+            EXPECT_EQ(b, nullptr);
+            const std::string msg = nq_last_error();
+            EXPECT_NE(msg.find("kv.k: head 2 token"), std::string::npos) << nq_context_cpu_isa(ctx.get()) << ": " << msg;
+            if (ref.empty()) ref = msg;
+            EXPECT_EQ(msg, ref) << nq_context_cpu_isa(ctx.get()) << ", " << threads << " thread(s)";
+            nq_block_free(b);
+        }
+}
+
 // The kernels' key-mean sums themselves, before the f16 rounding that hides most
 // differences: rows of magnitudes from 2^-30 to 2^30 (one per row) make float64 addition inexact, so
 // any other summation order than the reference's (slot after slot from 0.0) shows.
