@@ -6,7 +6,8 @@
 // One layer of one sequence: 8 KV heads x 4096 tokens x head_dim 128, fp16, contiguous
 // [heads][tokens][dim], preset lossless (K 3 bits, V 2 bits, no eviction). Keys carry
 // RoPE (rope:1 = NQ_ROPE_REMOVE, the default); rope:0 (NONE) shows the cost of the RoPE
-// tables. Counters, in 1e9 bytes of fp16 K plus V:
+// tables; centred:1 codes the keys minus their per-head mean (nq_config.key_centering,
+// with RoPE removed only). Counters, in 1e9 bytes of fp16 K plus V:
 //   GB       per second of wall time (all threads together)
 //   GB_core  per second of CPU time of the whole process, i.e. per busy core; on a
 //            shared machine this is the figure that does not depend on other load
@@ -59,7 +60,7 @@ const Data &data() {
     return d;
 }
 
-nq_context *make_context(nq_cpu_isa isa, uint32_t threads, nq_rope_mode rope) {
+nq_context *make_context(nq_cpu_isa isa, uint32_t threads, nq_rope_mode rope, uint32_t centred) {
     nq_config cfg;
     nq_config_init(&cfg);
     cfg.head_dim = kDim;
@@ -68,6 +69,7 @@ nq_context *make_context(nq_cpu_isa isa, uint32_t threads, nq_rope_mode rope) {
     cfg.cpu_isa = isa;
     cfg.num_threads = threads;
     cfg.rope.mode = rope;
+    cfg.key_centering = centred;
     nq_context *ctx = nullptr;
     if (nq_context_create(&cfg, &ctx) != NQ_OK) return nullptr;
     return ctx;
@@ -116,15 +118,16 @@ void report(benchmark::State &state, const char *label, double cpu_seconds) {
     state.SetLabel(label);
 }
 
-std::string label_of(nq_cpu_isa isa, uint32_t threads) {
-    return std::string(isa_name(isa)) + " threads:" + std::to_string(threads);
+std::string label_of(nq_cpu_isa isa, uint32_t threads, uint32_t centred) {
+    return std::string(isa_name(isa)) + " threads:" + std::to_string(threads) + (centred ? " centred" : "");
 }
 
 void BM_Compress(benchmark::State &state) {
     const auto isa = (nq_cpu_isa)state.range(0);
     const auto threads = (uint32_t)state.range(1);
     const auto rope = (nq_rope_mode)state.range(2);
-    nq_context *ctx = make_context(isa, threads, rope);
+    const auto centred = (uint32_t)state.range(3);
+    nq_context *ctx = make_context(isa, threads, rope, centred);
     if (!check_isa(state, ctx, isa)) {
         nq_context_free(ctx);
         return;
@@ -143,7 +146,7 @@ void BM_Compress(benchmark::State &state) {
         nq_block_free(blk);
         cpu += process_cpu_seconds() - c0;
     }
-    report(state, label_of(isa, threads).c_str(), cpu);
+    report(state, label_of(isa, threads, centred).c_str(), cpu);
     nq_context_free(ctx);
 }
 
@@ -151,7 +154,8 @@ void BM_Decode(benchmark::State &state) {
     const auto isa = (nq_cpu_isa)state.range(0);
     const auto threads = (uint32_t)state.range(1);
     const auto rope = (nq_rope_mode)state.range(2);
-    nq_context *ctx = make_context(isa, threads, rope);
+    const auto centred = (uint32_t)state.range(3);
+    nq_context *ctx = make_context(isa, threads, rope, centred);
     if (!check_isa(state, ctx, isa)) {
         nq_context_free(ctx);
         return;
@@ -180,7 +184,7 @@ void BM_Decode(benchmark::State &state) {
         benchmark::ClobberMemory();
         cpu += process_cpu_seconds() - c0;
     }
-    report(state, label_of(isa, threads).c_str(), cpu);
+    report(state, label_of(isa, threads, centred).c_str(), cpu);
     nq_block_free(blk);
     nq_context_free(ctx);
 }
@@ -202,8 +206,11 @@ void BM_Memcpy(benchmark::State &state) {
 void isa_args(benchmark::internal::Benchmark *b) {
     for (int rope : {(int)NQ_ROPE_REMOVE, (int)NQ_ROPE_NONE})
         for (int isa : {(int)NQ_ISA_SCALAR, (int)NQ_ISA_AVX2, (int)NQ_ISA_AVX512})
-            for (int threads : {1, 2}) b->Args({isa, threads, rope});
-    b->ArgNames({"isa", "threads", "rope"});
+            for (int threads : {1, 2}) {
+                b->Args({isa, threads, rope, 0});
+                if (rope == (int)NQ_ROPE_REMOVE) b->Args({isa, threads, rope, 1});
+            }
+    b->ArgNames({"isa", "threads", "rope", "centred"});
     b->Unit(benchmark::kMillisecond);
     b->UseRealTime();
 }

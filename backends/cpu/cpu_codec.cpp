@@ -114,6 +114,7 @@ void write_positions(const EncodeJob &job) {
 
 // The key mean of every head (FORMAT.md 1.8) into the k_mean section: the rotated keys
 // of the coded slots summed in float64 in slot order. Runs before any key is coded.
+// (The SIMD driver's key_mean_task computes the same bits with the kernels' rotation.)
 void write_key_mean(const EncodeJob &job) {
     const BlockHeader &h = *job.h;
     const BlockGeometry &g = *job.g;
@@ -224,11 +225,8 @@ void decode_rows_task(void *vp, uint32_t i) {
 
 nq_status cpu_encode(const nq_context *ctx, const EncodeJob &job, void *) {
     FpEnvGuard env;
-    // Key-centred blocks are coded by this reference path on every instruction set (the
-    // SIMD kernels do not subtract a mean), so their bytes are the same everywhere.
+    if (const CpuKernels *kn = cpu_kernels(cpu_isa(ctx))) return encode_tiled(ctx, *kn, job);
     const bool centred = (job.h->flags & kFlagKeyMean) != 0;
-    if (!centred)
-        if (const CpuKernels *kn = cpu_kernels(cpu_isa(ctx))) return encode_tiled(ctx, *kn, job);
     write_positions(job);
     if (centred) write_key_mean(job);
     const uint32_t K = job.h->tokens_kept;
@@ -304,8 +302,7 @@ void decode_rows_reference(const nq_block &b, uint32_t begin, const nq_kv_desc &
 nq_status cpu_decode(const nq_context *ctx, const nq_block &b, uint32_t begin, uint32_t end, const nq_kv_desc &out,
                      void *) {
     FpEnvGuard env;
-    if (!(b.h.flags & kFlagKeyMean))
-        if (const CpuKernels *kn = cpu_kernels(cpu_isa(ctx))) return decode_tiled(ctx, *kn, b, begin, end, out);
+    if (const CpuKernels *kn = cpu_kernels(cpu_isa(ctx))) return decode_tiled(ctx, *kn, b, begin, end, out);
     const TaskSplit sp = split_tasks(end - begin, 1, thread_pool_size(cpu_pool(ctx)));
     if (sp.tasks <= 1) {
         decode_rows_reference(b, begin, out, begin, end);

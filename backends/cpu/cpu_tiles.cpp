@@ -69,7 +69,8 @@ inline void scatter_row(const void *src, size_t es, int64_t sd, uint32_t D, void
 // here): the kernels' tile (head_dim x W floats), the RoPE tables of a super-batch (at
 // most 16 KB, or one tile's when rotary_dims is 512) and, for layouts with a dim stride,
 // a tile of gathered rows. 24 KB at head_dim 128 with AVX-512; at most about 96 KB
-// (head_dim 512, f32, strided dims).
+// (head_dim 512, f32, strided dims), plus up to 32 KB of float64 sums in the key-mean
+// pass of a centred block.
 #define NQ_TASK_SCRATCH(bytes) align64<float>(alloca((bytes) + 64))
 
 struct EncodeState {
@@ -82,8 +83,34 @@ struct EncodeState {
     double mscale;
     double inv_freq[kMaxHeadDim / 2];
     float k_alpha, v_alpha;
+    bool centred;             // key-centred block (FORMAT.md 1.8)
+    uint32_t mean_heads;      // heads per task of the key-mean pass
     std::atomic<bool> failed{false};
 };
+
+// The f16 key mean of a head (FORMAT.md 1.8) as the f32 values the reference subtracts
+// and adds back.
+void head_mean_f32(const uint8_t *block, const BlockGeometry &g, uint32_t hd, uint32_t D, float *out) {
+    const uint8_t *m = block + g.offset[kSecKMean] + (size_t)hd * D * 2;
+    for (uint32_t d = 0; d < D; ++d) {
+        uint16_t bits;
+        std::memcpy(&bits, m + 2 * d, 2);
+        out[d] = f16_to_f32(bits);
+    }
+}
+
+uint32_t token_of(const EncodeJob &job, uint32_t r, uint32_t j) {
+    return job.kept ? job.kept[(size_t)r * job.h->tokens_kept + j] : j;
+}
+
+// Inverse RoPE tables of coded batch b (kept-token row r) into tc: [nf][W] cos, then sin.
+void encode_tables(const EncodeState &st, uint32_t r, uint32_t b, float *tc) {
+    const uint32_t j0 = st.s_end + b * st.W, n = min_u(st.W, st.coded - b * st.W);
+    int64_t pos[kTileLanesMax];
+    for (uint32_t w = 0; w < n; ++w) pos[w] = st.job->positions[token_of(*st.job, r, j0 + w)];
+    RopeTableArgs a{st.inv_freq, st.nf, st.mscale, pos, n, true, tc, tc + (size_t)st.nf * st.W};
+    st.kn->rope_tables(a);
+}
 
 // Prefetches the rows of the tile two steps after (hd, b) in a task's visiting order
 // (head by head over a super-batch [sb, se), then the next super-batch).
@@ -136,14 +163,10 @@ void encode_task(void *vp, uint32_t task) {
     float *tabs = work + (size_t)D * W;
     char *rowbuf = reinterpret_cast<char *>(tabs + tables);
 
-    auto token = [&](uint32_t r, uint32_t j) { return job.kept ? job.kept[(size_t)r * K + j] : j; };
-    auto make_tables = [&](uint32_t r, uint32_t b, float *tc) {
-        const uint32_t j0 = st.s_end + b * W, n = min_u(W, st.coded - b * W);
-        int64_t pos[kTileLanesMax];
-        for (uint32_t w = 0; w < n; ++w) pos[w] = job.positions[token(r, j0 + w)];
-        RopeTableArgs a{st.inv_freq, st.nf, st.mscale, pos, n, true, tc, tc + table};
-        st.kn->rope_tables(a);
-    };
+    (void)K;
+    auto token = [&](uint32_t r, uint32_t j) { return token_of(job, r, j); };
+    auto make_tables = [&](uint32_t r, uint32_t b, float *tc) { encode_tables(st, r, b, tc); };
+    float mean[kMaxHeadDim];
     auto prefetch_tile = [&](uint32_t hd, uint32_t b) {
         const uint32_t r = shared ? 0 : hd, j0 = st.s_end + b * W, n = min_u(W, st.coded - b * W);
         for (uint32_t w = 0; w < n; ++w) {
@@ -159,6 +182,7 @@ void encode_task(void *vp, uint32_t task) {
             for (uint32_t b = sb; b < se; ++b) make_tables(0, b, tabs + (size_t)(b - sb) * 2 * table);
         for (uint32_t hd = h0; hd < h1; ++hd) {
             const uint32_t r = shared ? 0 : hd;
+            if (st.centred) head_mean_f32(job.dst, g, hd, D, mean);
             for (uint32_t b = sb; b < se; ++b) {
                 const uint32_t jc0 = b * W, n = min_u(W, st.coded - jc0), j0 = st.s_end + jc0;
                 float *tc = tabs;
@@ -180,6 +204,7 @@ void encode_task(void *vp, uint32_t task) {
                 t.scales = job.dst + g.offset[kSecKScales] + c * 2;
                 t.codes = job.dst + g.offset[kSecKCodes] + c * g.k_code_bytes;
                 t.work = work;
+                t.mean = st.centred ? mean : nullptr;
                 if (!st.kn->encode(t)) {
                     st.failed.store(true, std::memory_order_relaxed);
                     return;
@@ -190,6 +215,7 @@ void encode_task(void *vp, uint32_t task) {
                     t.rows[w] = gather_row(static_cast<const char *>(kv.v) + layout_offset(kv.v_layout, hd, token(r, j0 + w)) * (int64_t)es,
                                            es, vsd, D, rowbuf + w * D * es);
                 t.rope = TileRope{};
+                t.mean = nullptr;  // values are never centred
                 t.scales = job.dst + g.offset[kSecVScales] + c * 2;
                 t.codes = job.dst + g.offset[kSecVCodes] + c * g.v_code_bytes;
                 if (!st.kn->encode(t)) {
@@ -197,6 +223,73 @@ void encode_task(void *vp, uint32_t task) {
                     return;
                 }
             }
+        }
+    }
+}
+
+// The key-mean pass of a centred block: each task takes whole heads, and each head's
+// rotated keys are summed in float64 in slot order (one lane after another within a
+// tile, tiles in order), so the sums are write_key_mean's whatever the thread count.
+// Heads of a task share the RoPE tables of a super-batch, as in encode_task.
+void key_mean_task(void *vp, uint32_t task) {
+    EncodeState &st = *static_cast<EncodeState *>(vp);
+    FpEnvGuard env;
+    const EncodeJob &job = *st.job;
+    const BlockHeader &h = *job.h;
+    const BlockGeometry &g = *job.g;
+    const nq_kv_desc &kv = *job.kv;
+    const uint32_t W = st.W, D = st.D;
+    const uint32_t h0 = task * st.mean_heads, h1 = min_u(st.H, h0 + st.mean_heads);
+    const size_t es = elem_bytes(kv.dtype);
+    const bool shared = job.kept_rows <= 1;
+    const uint32_t S = super_batch(st.nf, W);
+    const size_t table = (size_t)st.nf * W, tables = st.rope ? 2 * table * (shared ? S : 1) : 0;
+    const int64_t ksd = layout_dim_stride(kv.k_layout);
+    const size_t gather = ksd != 1 ? (size_t)D * W * es : 0;
+    const uint32_t DP = div_up(D, W) * W;  // the kernel adds whole chunks of W dims
+    const size_t sum_doubles = (size_t)(h1 - h0) * DP;  // a multiple of 8: 64-byte aligned after
+    double *sums = reinterpret_cast<double *>(
+        NQ_TASK_SCRATCH(sum_doubles * sizeof(double) + ((size_t)D * W + tables) * sizeof(float) + gather));
+    float *work = reinterpret_cast<float *>(sums + sum_doubles);
+    float *tabs = work + (size_t)D * W;
+    char *rowbuf = reinterpret_cast<char *>(tabs + tables);
+    for (size_t i = 0; i < sum_doubles; ++i) sums[i] = 0.0;
+
+    for (uint32_t sb = 0; sb < st.batches; sb += S) {
+        const uint32_t se = min_u(st.batches, sb + S);
+        if (st.rope && shared)
+            for (uint32_t b = sb; b < se; ++b) encode_tables(st, 0, b, tabs + (size_t)(b - sb) * 2 * table);
+        for (uint32_t hd = h0; hd < h1; ++hd) {
+            const uint32_t r = shared ? 0 : hd;
+            for (uint32_t b = sb; b < se; ++b) {
+                const uint32_t jc0 = b * W, n = min_u(W, st.coded - jc0), j0 = st.s_end + jc0;
+                float *tc = tabs;
+                if (st.rope && shared) tc = tabs + (size_t)(b - sb) * 2 * table;
+                if (st.rope && !shared) encode_tables(st, r, b, tc);
+                EncodeTile t{};
+                t.lanes = n;
+                t.head_dim = D;
+                t.codec = h.codec;
+                t.bits = h.k_bits;
+                t.alpha = st.k_alpha;
+                t.dtype = kv.dtype;
+                for (uint32_t w = 0; w < n; ++w)
+                    t.rows[w] = gather_row(static_cast<const char *>(kv.k) +
+                                               layout_offset(kv.k_layout, hd, token_of(job, r, j0 + w)) * (int64_t)es,
+                                           es, ksd, D, rowbuf + w * D * es);
+                if (st.rope) t.rope = TileRope{tc, tc + table, h.rotary_dims, h.rope_pairing};
+                t.work = work;
+                st.kn->key_sum(t, sums + (size_t)(hd - h0) * DP);
+            }
+        }
+    }
+    // write_key_mean's rounding: float64 mean -> f32 -> f16.
+    for (uint32_t hd = h0; hd < h1; ++hd) {
+        const double *sum = sums + (size_t)(hd - h0) * DP;
+        uint8_t *mean = job.dst + g.offset[kSecKMean] + (size_t)hd * D * 2;
+        for (uint32_t d = 0; d < D; ++d) {
+            const uint16_t bits = f32_to_f16((float)(sum[d] / (double)st.coded));
+            std::memcpy(mean + 2 * d, &bits, 2);
         }
     }
 }
@@ -211,6 +304,7 @@ struct DecodeState {
     uint32_t nf;
     double mscale;
     double inv_freq[kMaxHeadDim / 2];
+    bool centred;
 };
 
 void decode_task(void *vp, uint32_t task) {
@@ -234,6 +328,7 @@ void decode_task(void *vp, uint32_t task) {
     float *tabs = work + (size_t)D * W;
     char *rowbuf = reinterpret_cast<char *>(tabs + tables);
     const uint32_t s_end = h.fp16_sinks;
+    float mean[kMaxHeadDim];
 
     auto make_tables = [&](uint32_t head, uint32_t bt, float *tc) {
         const uint32_t j0 = st.c0 + bt * W, n = min_u(W, st.c1 - j0);
@@ -258,6 +353,7 @@ void decode_task(void *vp, uint32_t task) {
         if (st.rope && shared)
             for (uint32_t bt = sb; bt < se; ++bt) make_tables(0, bt, tabs + (size_t)(bt - sb) * 2 * table);
         for (uint32_t hd = h0; hd < h1; ++hd) {
+            if (st.centred) head_mean_f32(b.data, g, hd, D, mean);
             for (uint32_t bt = sb; bt < se; ++bt) {
                 const uint32_t j0 = st.c0 + bt * W, n = min_u(W, st.c1 - j0), jc0 = j0 - s_end;
                 float *tc = tabs;
@@ -275,6 +371,7 @@ void decode_task(void *vp, uint32_t task) {
                 if (st.rope) t.rope = TileRope{tc, tc + table, h.rotary_dims, h.rope_pairing};
                 t.dtype = out.dtype;
                 t.work = work;
+                t.mean = st.centred ? mean : nullptr;
                 for (uint32_t w = 0; w < n; ++w)
                     t.rows[w] = ksd == 1 ? out_row(out.k, out.k_layout, hd, j0 + w) : rowbuf + w * D * es;
                 st.kn->decode(t);
@@ -285,6 +382,7 @@ void decode_task(void *vp, uint32_t task) {
                 t.scales = b.data + g.offset[kSecVScales] + c * 2;
                 t.codes = b.data + g.offset[kSecVCodes] + c * g.v_code_bytes;
                 t.rope = TileRope{};
+                t.mean = nullptr;
                 for (uint32_t w = 0; w < n; ++w)
                     t.rows[w] = vsd == 1 ? out_row(out.v, out.v_layout, hd, j0 + w) : rowbuf + w * D * es;
                 st.kn->decode(t);
@@ -312,13 +410,49 @@ TaskSplit split_tasks(uint32_t units, uint32_t heads, uint32_t threads) {
     return s;
 }
 
+// How many heads one task of the key-mean pass takes: the heads of a task share RoPE
+// tables; at most kMeanHeadsPerTask, for the float64 sums on the task's stack.
+constexpr uint32_t kMeanHeadsPerTask = 8;
+
 nq_status encode_tiled(const nq_context *ctx, const CpuKernels &kn, const EncodeJob &job) {
     const BlockHeader &h = *job.h;
     const BlockGeometry &g = *job.g;
     const nq_kv_desc &kv = *job.kv;
     const uint32_t H = h.num_heads, D = h.head_dim, K = h.tokens_kept;
     const uint32_t s_end = h.fp16_sinks, w_begin = K - h.fp16_window;
+    const uint32_t threads = thread_pool_size(cpu_pool(ctx));
     write_positions(job);
+
+    EncodeState st;
+    st.kn = &kn;
+    st.job = &job;
+    st.W = kn.lanes;
+    st.H = H;
+    st.D = D;
+    st.K = K;
+    st.s_end = s_end;
+    st.coded = g.coded;
+    st.batches = div_up(g.coded, st.W);
+    st.split = split_tasks(st.batches, H, threads);
+    st.rope = h.rope_mode == NQ_ROPE_REMOVE;
+    st.nf = st.rope ? h.rotary_dims / 2u : 0u;
+    st.mscale = 1.0;
+    if (st.rope) block_rope_freqs(h, st.inv_freq, &st.mscale);
+    st.k_alpha = codec_alpha(h.codec, h.k_bits);
+    st.v_alpha = codec_alpha(h.codec, h.v_bits);
+    st.centred = (h.flags & kFlagKeyMean) != 0;
+
+    // The key mean first (the reference's order: a non-finite row found later falls
+    // back to encode_rows_reference, which reads it). No coded token: zeros.
+    if (st.centred) {
+        if (g.coded == 0) {
+            std::memset(job.dst + g.offset[kSecKMean], 0, (size_t)H * D * 2);
+        } else {
+            const bool many = (uint64_t)st.batches * H >= kMinTilesForThreads;
+            st.mean_heads = min_u(kMeanHeadsPerTask, many ? div_up(H, threads) : H);
+            thread_pool_run(many ? cpu_pool(ctx) : nullptr, div_up(H, st.mean_heads), key_mean_task, &st);
+        }
+    }
 
     // Raw (fp16) rows: the sinks and the recent window, few; on the calling thread.
     const size_t es = elem_bytes(kv.dtype);
@@ -341,23 +475,6 @@ nq_status encode_tiled(const nq_context *ctx, const CpuKernels &kn, const Encode
     }
     if (g.coded == 0) return NQ_OK;
 
-    EncodeState st;
-    st.kn = &kn;
-    st.job = &job;
-    st.W = kn.lanes;
-    st.H = H;
-    st.D = D;
-    st.K = K;
-    st.s_end = s_end;
-    st.coded = g.coded;
-    st.batches = div_up(g.coded, st.W);
-    st.split = split_tasks(st.batches, H, thread_pool_size(cpu_pool(ctx)));
-    st.rope = h.rope_mode == NQ_ROPE_REMOVE;
-    st.nf = st.rope ? h.rotary_dims / 2u : 0u;
-    st.mscale = 1.0;
-    if (st.rope) block_rope_freqs(h, st.inv_freq, &st.mscale);
-    st.k_alpha = codec_alpha(h.codec, h.k_bits);
-    st.v_alpha = codec_alpha(h.codec, h.v_bits);
     thread_pool_run(cpu_pool(ctx), st.split.tasks, encode_task, &st);
     // A non-finite vector: the reference finds the first one in its order and names it.
     if (st.failed.load()) return encode_rows_reference(job, 0, K);
@@ -406,6 +523,7 @@ nq_status decode_tiled(const nq_context *ctx, const CpuKernels &kn, const nq_blo
     st.nf = st.rope ? h.rotary_dims / 2u : 0u;
     st.mscale = 1.0;
     if (st.rope) block_rope_freqs(h, st.inv_freq, &st.mscale);
+    st.centred = (h.flags & kFlagKeyMean) != 0;
     thread_pool_run(cpu_pool(ctx), st.split.tasks, decode_task, &st);
     return NQ_OK;
 }

@@ -42,6 +42,9 @@ struct EncodeTile {
     uint8_t *scales;
     uint8_t *codes;  // lanes * head_dim * bits / 8 bytes
     float *work;     // head_dim * W floats, 64-byte aligned: the tile itself
+    // The head's key mean (FORMAT.md 1.8) as f32 (from its f16 bits): subtracted after
+    // the Hadamard, before the scale. NULL: not centred.
+    const float *mean;
 };
 
 struct DecodeTile {
@@ -55,6 +58,7 @@ struct DecodeTile {
     nq_dtype dtype;
     void *rows[kTileLanesMax];  // unit dim stride
     float *work;  // head_dim * W floats, 64-byte aligned
+    const float *mean;  // added back before the inverse Hadamard; NULL: not centred
 };
 
 // Cos/sin of positions[w] * inv_freq[p] for the tile's lanes, rounded to float exactly
@@ -79,6 +83,11 @@ struct CpuKernels {
     // tile wrote is meaningful then.
     bool (*encode)(const EncodeTile &tile);
     void (*decode)(const DecodeTile &tile);
+    // The key-mean pass of a centred block: the tile's rows rotated as encode rotates
+    // them (RoPE removed, signs, Hadamard; tile.mean, codec and bits unused), added in
+    // float64 to sum[d] lane after lane, so sum[d] takes the slots in order. sum holds
+    // head_dim rounded up to W doubles (the padding is left at zero).
+    void (*key_sum)(const EncodeTile &tile, double *sum);
     void (*rope_tables)(const RopeTableArgs &args);
     // A head vector of the engine's dtype -> fp16 (the raw sink/window rows), and back.
     void (*row_to_f16)(const void *src, nq_dtype dtype, int64_t stride_dim, uint32_t n, uint16_t *dst);

@@ -16,7 +16,7 @@ namespace nq {
 
 #if defined(NQ_KERNELS_AVX2)
 namespace {
-constexpr CpuKernels kKernels{"avx2", NQ_ISA_AVX2, Simd::W, encode_tile, decode_tile,
+constexpr CpuKernels kKernels{"avx2", NQ_ISA_AVX2, Simd::W, encode_tile, decode_tile, key_sum,
                               rope_tables_tile, row_to_f16, f16_to_row};
 }  // namespace
 

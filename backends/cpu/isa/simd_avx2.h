@@ -163,6 +163,7 @@ struct Simd {
 
     // ---- doubles (RoPE tables)
     static D loadd(const double *p) { return _mm256_loadu_pd(p); }
+    static void stored(double *p, D v) { _mm256_storeu_pd(p, v); }
     static D set1d(double x) { return _mm256_set1_pd(x); }
     static D addd(D a, D b) { return _mm256_add_pd(a, b); }
     static D subd(D a, D b) { return _mm256_sub_pd(a, b); }
@@ -189,6 +190,7 @@ struct Simd {
         const __m128 below = _mm_castsi128_ps(_mm_sub_epi32(a, _mm_set1_epi32(1)));
         return _mm256_sub_pd(_mm256_cvtps_pd(_mm_castsi128_ps(a)), _mm256_cvtps_pd(below));
     }
+    static FH load_fh(const float *p) { return _mm_loadu_ps(p); }
     static void store_fh(float *p, FH v) { _mm_storeu_ps(p, v); }
 };
 

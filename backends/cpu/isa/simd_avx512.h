@@ -184,6 +184,7 @@ struct Simd {
     }
     static MD md_or(MD a, MD b) { return (MD)(a | b); }
     static uint32_t bitsd(MD m) { return m; }
+    static FH load_fh(const float *p) { return _mm256_loadu_ps(p); }
     static void store_fh(float *p, FH v) { _mm256_storeu_ps(p, v); }
 };
 
