@@ -401,8 +401,9 @@ TEST(KeyCentering, ArchiveRoundTrip) {
     }
 }
 
-// CPU attention over centred blocks (two blocks of one sequence, RoPE removed, fp16
-// sinks and window, GQA, a causal mask) against float64 attention over what nq_decode
+// CPU attention over centred blocks (two blocks of one sequence, RoPE removed or kept
+// (the fast path: the mean as one logit offset per query), fp16 sinks and window, GQA,
+// a causal mask) against float64 attention over what nq_decode
 // returns, on every instruction set. Without the mean in the logits the result would be
 // far off: the keys' offset dominates them.
 TEST(KeyCentering, AttentionMatchesFloat64OverDecodedBlocks) {
@@ -414,10 +415,11 @@ TEST(KeyCentering, AttentionMatchesFloat64OverDecodedBlocks) {
     std::vector<float> q((size_t)Q * H * G * D);
     for (float &x : q) x = 0.3f * n(rng);
     const int64_t qpos[Q] = {kv2.pos[T / 2], kv2.pos[T - 1]};
+    for (nq_rope_mode rope : {NQ_ROPE_REMOVE, NQ_ROPE_KEEP})
     for (nq_cpu_isa isa : {NQ_ISA_SCALAR, NQ_ISA_AVX2, NQ_ISA_AVX512}) {
         nq_config c = config(1, isa, 2);
         c.num_q_heads = H * G;
-        c.rope.mode = NQ_ROPE_REMOVE;
+        c.rope.mode = rope;
         c.fp16_sinks = 1;
         c.sink_tokens = 1;
         c.fp16_window = 3;
@@ -477,8 +479,8 @@ TEST(KeyCentering, AttentionMatchesFloat64OverDecodedBlocks) {
                     worst = std::max(worst, std::fabs(got - want));
                 }
             }
-        EXPECT_LT(worst, 2e-4) << nq_context_cpu_isa(ctx.get());
-        std::printf("[key centering] attention on %s: largest difference to float64 %.2e\n",
-                    nq_context_cpu_isa(ctx.get()), worst);
+        EXPECT_LT(worst, 2e-4) << nq_context_cpu_isa(ctx.get()) << ", rope mode " << (int)rope;
+        std::printf("[key centering] attention on %s, rope mode %d: largest difference to float64 %.2e\n",
+                    nq_context_cpu_isa(ctx.get()), (int)rope, worst);
     }
 }

@@ -177,8 +177,9 @@ class Item {
     // Logits of the chunk into L (pre-scale), then the softmax update into P, then values.
     void chunk(const BlockView &v, uint32_t j, uint32_t n, bool coded) {
         // Positions only where something reads them: masks, RoPE of keys decoded here.
-        // Key-centred blocks (FORMAT.md 1.8) take the reference key path on every ISA.
-        const bool ref_keys = !job_.ak || v.key_mean();
+        // Key-centred blocks (FORMAT.md 1.8): with RoPE kept the mean is one logit offset
+        // per query; with RoPE removed the decode tiles add it before the inverse rotation.
+        const bool ref_keys = !job_.ak;
         if (c_.q_positions || (coded && (ref_keys || v.rope_mode == NQ_ROPE_REMOVE)))
             for (uint32_t t = 0; t < n; ++t) s_.pos[t] = v.position(g_, j + t);
         if (c_.q_positions && !any_visible(n)) return;
@@ -194,6 +195,7 @@ class Item {
         } else {
             AttnCodes cc = codes(v, v.k_codes(g_, slot), v.k_scales(g_) + slot, v.k_code_bytes, v.k_bits, n);
             job_.ak->coded_logits(cc, qrot(), R_, s_.L, kChunk, s_.kbuf);
+            if (v.key_mean()) key_mean_offsets(v, n);
             kscale = c_.scale / (float)v.hadamard_block;
         }
         softmax(n, kscale);
@@ -257,6 +259,20 @@ class Item {
         for (uint32_t t = 0; t < n; ++t) {
             for (uint32_t d = 0; d < D_; ++d) s_.vbuf[d] = f16_to_f32(k[(size_t)t * D_ + d]);
             dot_rows(t, s_.vbuf);
+        }
+    }
+
+    // A centred key is m + s_k p in the rotated domain: each logit of the chunk (in the
+    // units coded_logits writes, <H q, s_k p>) gains <H q, m>, one number per query row.
+    void key_mean_offsets(const BlockView &v, uint32_t n) {
+        const uint8_t *m = reinterpret_cast<const uint8_t *>(v.k_mean(g_));
+        for (uint32_t d = 0; d < D_; ++d) s_.vbuf[d] = f16_to_f32(rd16(m + 2 * d));
+        const float *qr = qrot();
+        for (uint32_t r = 0; r < R_; ++r) {
+            float b = 0.0f;
+            for (uint32_t d = 0; d < D_; ++d) b += qr[(size_t)r * D_ + d] * s_.vbuf[d];
+            float *x = s_.L + (size_t)r * kChunk;
+            for (uint32_t t = 0; t < n; ++t) x[t] += b;
         }
     }
 
@@ -336,6 +352,12 @@ class Item {
         rf.init(v);
         const uint32_t W = kn.lanes;
         double c[kMaxHeadDim / 2], sn[kMaxHeadDim / 2];
+        const float *mean = nullptr;  // the key mean as f32 (the second half of vbuf)
+        if (v.key_mean()) {
+            const uint8_t *m = reinterpret_cast<const uint8_t *>(v.k_mean(g_));
+            for (uint32_t d = 0; d < D_; ++d) s_.vbuf[D_ + d] = f16_to_f32(rd16(m + 2 * d));
+            mean = s_.vbuf + D_;
+        }
         for (uint32_t t = 0; t < n; t += W) {
             const uint32_t m = min_u(W, n - t);
             const size_t table = (size_t)rf.nf * W;
@@ -351,6 +373,7 @@ class Item {
             tile.rope = TileRope{s_.tabs, s_.tabs + table, rf.rotary_dims, rf.pairing};
             tile.dtype = NQ_DTYPE_F32;
             tile.work = s_.work;
+            tile.mean = mean;
             for (uint32_t w = 0; w < m; ++w) tile.rows[w] = s_.kbuf + (size_t)(t + w) * D_;
             kn.decode(tile);
         }
