@@ -61,8 +61,9 @@ TEST(RoundTrip, EveryDtypeAndLayout) {
             EXPECT_EQ(info.original_bytes, 2ull * H * T * D * 2);
             EXPECT_DOUBLE_EQ(info.ratio, (double)info.original_bytes / (double)info.resident_bytes);
             EXPECT_EQ(info.header_bytes + info.position_bytes + info.scale_bytes + info.code_bytes + info.fp16_bytes +
-                          info.padding_bytes,
+                          info.key_mean_bytes + info.padding_bytes,
                       info.resident_bytes);
+            EXPECT_EQ(info.key_mean_bytes, (uint64_t)H * D * 2);  // key centering is on by default
             EXPECT_EQ(info.code_bytes, (uint64_t)H * (T - 36) * D * (3 + 2) / 8);
             EXPECT_EQ(info.scale_bytes, (uint64_t)H * (T - 36) * 2 * 2);
             EXPECT_EQ(info.fp16_bytes, (uint64_t)H * 36 * D * 2 * 2);

@@ -182,10 +182,11 @@ void rotate_f64(double *x) {
 
 }  // namespace
 
-TEST(KeyCentering, DefaultIsOffAndBlocksAreUnchanged) {
+// On by default; off, blocks are laid out as before the section existed.
+TEST(KeyCentering, DefaultIsOnAndOffBlocksAreUnchanged) {
     nq_config c;
     nq_config_init(&c);
-    EXPECT_EQ(c.key_centering, 0u);
+    EXPECT_EQ(c.key_centering, 1u);
     KV kv = make_kv(1);
     Ctx off = make(config(0)), on = make(config(1));
     Block a = compress(off.get(), kv), b = compress(on.get(), kv);

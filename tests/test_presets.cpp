@@ -265,7 +265,8 @@ TEST(Presets, EstimateFollowsTheFormatUpToHugeContexts) {
         for (uint64_t T : {(uint64_t)100, (uint64_t)1000003, (uint64_t)0xffffffffull}) {
             const uint64_t raw = 4 + 32, coded = T - raw;  // lossless: 4 fp16 sinks, 32 fp16 window tokens
             const uint64_t want = 128 + 2 * align16(H * coded * 2) + align16(H * coded * D * kb / 8) +
-                                  align16(H * coded * D * vb / 8) + 2 * align16(H * raw * D * 2);
+                                  align16(H * coded * D * vb / 8) + 2 * align16(H * raw * D * 2) +
+                                  (c.key_centering ? align16(H * D * 2) : 0);  // the key mean (on by default)
             uint64_t est = 0;
             ASSERT_EQ(nq_estimate_bytes(ctx.get(), 3, T, &est), NQ_OK) << nq_last_error();
             EXPECT_EQ(est, 3 * want) << "H " << H << " D " << D << " K" << kb << " V" << vb << " T " << T;

@@ -143,7 +143,7 @@ void write_key_mean(const EncodeJob &job) {
         }
         for (uint32_t d = 0; d < D; ++d) {
             const float m = g.coded ? (float)(sum[d] / (double)g.coded) : 0.0f;
-            put_u16(mean + ((size_t)hd * D + d) * 2, f32_to_f16(m));
+            put_u16(mean + ((size_t)hd * D + d) * 2, key_mean_f16(m));
         }
     }
 }

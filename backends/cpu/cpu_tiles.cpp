@@ -288,7 +288,7 @@ void key_mean_task(void *vp, uint32_t task) {
         const double *sum = sums + (size_t)(hd - h0) * DP;
         uint8_t *mean = job.dst + g.offset[kSecKMean] + (size_t)hd * D * 2;
         for (uint32_t d = 0; d < D; ++d) {
-            const uint16_t bits = f32_to_f16((float)(sum[d] / (double)st.coded));
+            const uint16_t bits = key_mean_f16((float)(sum[d] / (double)st.coded));
             std::memcpy(mean + 2 * d, &bits, 2);
         }
     }

@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(kThreads) key_mean_kernel(const EncodeItem *it
             const uint32_t d = threadIdx.x + (uint32_t)k * kThreads;
             if (d >= D) continue;
             const float m = coded ? (float)(sum[k] / (double)coded) : 0.0f;
-            const uint16_t b = float_to_half(m, kF16);
+            const uint16_t b = key_mean_f16(m);
             mean[2 * d] = (uint8_t)b;
             mean[2 * d + 1] = (uint8_t)(b >> 8);
         }

@@ -119,7 +119,7 @@ type Config struct {
 	// ArchiveZstdLevel: 0 = the library's default (3), < 0 = no zstd.
 	ArchiveZstdLevel int32
 	// KeyCentering codes keys minus their per-(block, head) mean (docs/FORMAT.md 1.8);
-	// off by default; GPU attention does not read the mean yet.
+	// on by default (NewConfig takes the library's defaults).
 	KeyCentering bool
 	Overrides    []LayerOverride
 }
@@ -199,6 +199,7 @@ func (cfg *Config) raw() C.nq_config {
 	r.attention_factor = C.double(cfg.Rope.AttentionFactor)
 	c.num_threads = C.uint32_t(cfg.NumThreads)
 	c.archive_zstd_level = C.int32_t(cfg.ArchiveZstdLevel)
+	c.key_centering = 0
 	if cfg.KeyCentering {
 		c.key_centering = 1
 	}

@@ -205,6 +205,7 @@ extern "C" NQ_API void nq_config_init(nq_config *c) {
     c->rope.beta_fast = 32.0;
     c->rope.beta_slow = 1.0;
     c->backend = NQ_BACKEND_AUTO;
+    c->key_centering = 1;  // FORMAT.md 1.8: keys coded minus their per-(block, head) mean
 }
 
 extern "C" NQ_API void nq_kv_desc_init(nq_kv_desc *kv) {

@@ -78,6 +78,15 @@ NQ_HD uint16_t f32_to_f16(float f) {
     return (uint16_t)(sign | q);
 }
 
+// The stored f16 of a key-mean element (FORMAT.md 1.8): a mean that is not finite or
+// rounds beyond the f16 range is stored as 0, so that channel is coded uncentred (a
+// non-finite input is then refused by its own token, and one huge key does not make
+// every key of its head unrepresentable).
+NQ_HD uint16_t key_mean_f16(float m) {
+    const uint16_t h = f32_to_f16(m);
+    return (h & 0x7c00u) == 0x7c00u ? (uint16_t)0 : h;
+}
+
 NQ_HD float bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
 
 // binary32 -> bfloat16, round to nearest even; NaN stays NaN.

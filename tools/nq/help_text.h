@@ -33,7 +33,8 @@
     "  --rope-pairing P      split (default: Llama, Mistral, Qwen) or interleaved (GPT-J)\n"    \
     "  --rotary-dims N       rotated leading dims (default: head_dim)\n"                       \
     "  --zstd-level N        zstd level of the archive form, 1..19, or -1 for none (default 3)\n" \
-    "  --key-centering       code keys minus their per-(block, head) mean (CPU only; off)\n"
+    "  --no-key-centering    code keys as they are (default: minus their per-(block, head) mean)\n" \
+    "  --key-centering       code keys minus their per-(block, head) mean (the default)\n"
 
 #define NQ_HELP_RUNTIME                                                                        \
     "runtime:\n"                                                                               \

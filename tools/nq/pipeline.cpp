@@ -11,7 +11,7 @@ std::vector<OptSpec> pipeline_specs() {
             {"evict-mode", true}, {"page-size", true},  {"codec", true},        {"rope", true},
             {"rope-theta", true}, {"rope-pairing", true}, {"rotary-dims", true}, {"isa", true},
             {"backend", true},    {"threads", true},    {"zstd-level", true},
-            {"key-centering", false}};
+            {"key-centering", false}, {"no-key-centering", false}};
 }
 
 namespace {
@@ -66,7 +66,9 @@ PipelineOptions parse_pipeline(const Args &a) {
         if (v > 19 || (neg && v == 0)) throw CliError("--zstd-level " + z + ": must be 1..19, or -1 for no zstd");
         o.zstd_level = neg ? -1 : (int32_t)v;
     }
-    o.key_centering = a.has("key-centering");
+    if (a.has("key-centering") && a.has("no-key-centering"))
+        throw CliError("--key-centering and --no-key-centering: give one of them");
+    o.key_centering = !a.has("no-key-centering");
     return o;
 }
 

@@ -36,7 +36,7 @@ struct PipelineOptions {
     nq_backend backend = NQ_BACKEND_AUTO;
     uint32_t threads = 0;
     int32_t zstd_level = 0;  // 0 = the library's default
-    bool key_centering = false;
+    bool key_centering = true;
 };
 
 std::vector<OptSpec> pipeline_specs();

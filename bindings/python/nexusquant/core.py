@@ -314,8 +314,8 @@ class Context:
 
     preset: lossless | high | conservative | balanced | max | aggressive | S | M | L | XL | custom
     k_bits / v_bits / evict override the preset; target_ratio plans bits and eviction.
-    key_centering codes keys minus their per-(block, head) mean (off by default; GPU
-    attention does not read the mean yet).
+    key_centering codes keys minus their per-(block, head) mean (on by default, as in
+    the C library; False codes them as they are).
     """
 
     def __init__(self, head_dim: int, num_kv_heads: int, num_q_heads: int = 0, *, preset: str = "lossless",
@@ -325,7 +325,7 @@ class Context:
                  fp16_sinks: Optional[int] = None, fp16_window: Optional[int] = None, codec: str = "e8",
                  rope: Optional[RopeSpec] = None, backend: str = "auto", device: int = 0, cpu_isa: str = "auto",
                  num_threads: int = 0, overrides=None, num_layers: int = 0, zstd_level: int = 0,
-                 key_centering: bool = False):
+                 key_centering: bool = True):
         lib = L.lib()
         c = L.Config()
         lib.nq_config_init(ctypes.byref(c))

@@ -308,8 +308,8 @@ impl Config {
         self.raw.archive_zstd_level = level.unwrap_or(-1);
         self
     }
-    /// Code keys minus their per-(block, head) mean (docs/FORMAT.md 1.8); off by default;
-    /// GPU attention does not read the mean yet.
+    /// Code keys minus their per-(block, head) mean (docs/FORMAT.md 1.8); on by default
+    /// (the library's default); `false` codes them as they are.
     pub fn key_centering(mut self, on: bool) -> Config {
         self.raw.key_centering = on as u32;
         self
