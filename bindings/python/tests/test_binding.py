@@ -59,7 +59,7 @@ def test_key_centering_biased_keys():
     k = (offset + r.standard_normal((2, 200, 64))).astype(np.float32)
     v = r.standard_normal((2, 200, 64)).astype(np.float32)
     kw = dict(preset="custom", k_bits=3, v_bits=2, evict=0.0, fp16_sinks=0, fp16_window=0, rope=RopeSpec(mode="none"))
-    plain, centred = Context(64, 2, **kw), Context(64, 2, key_centering=True, **kw)
+    plain, centred = Context(64, 2, key_centering=False, **kw), Context(64, 2, **kw)  # centred by default
     bp, bc = plain.compress(k, v), centred.compress(k, v)
     assert bp.info()["key_mean_bytes"] == 0
     assert bc.info()["key_mean_bytes"] == 2 * 64 * 2

@@ -21,7 +21,7 @@ from .frames import TransferCorrupt
 RESIDENT_MAGIC = 0x424B514E  # "NQKB"
 ARCHIVE_MAGIC = 0x414B514E   # "NQKA"
 HEADER_BYTES = 128
-FLAG_PER_HEAD, FLAG_CONTIGUOUS, FLAG_POS16 = 1, 2, 4
+FLAG_PER_HEAD, FLAG_CONTIGUOUS, FLAG_POS16, FLAG_KEY_MEAN = 1, 2, 4, 8
 
 _copy_declared = False
 
@@ -31,7 +31,8 @@ def _pad16(n: int) -> int:
 
 
 def section_lengths(header: bytes) -> list:
-    """Lengths of the seven resident sections (positions, k/v scales, k/v codes, k/v fp16)."""
+    """Lengths of the eight resident sections (positions, k/v scales, k/v codes, k/v fp16,
+    key mean: docs/FORMAT.md 1 and 1.8)."""
     flags = struct.unpack_from("<I", header, 8)[0]
     k_bits, v_bits = header[13], header[14]
     head_dim, heads = struct.unpack_from("<HH", header, 16)
@@ -44,7 +45,8 @@ def section_lengths(header: bytes) -> list:
     pos_bytes = 2 if flags & FLAG_POS16 else 4
     return [rows * kept * pos_bytes, heads * coded * 2, heads * coded * 2,
             heads * coded * head_dim * k_bits // 8, heads * coded * head_dim * v_bits // 8,
-            heads * raw * head_dim * 2, heads * raw * head_dim * 2]
+            heads * raw * head_dim * 2, heads * raw * head_dim * 2,
+            heads * head_dim * 2 if flags & FLAG_KEY_MEAN else 0]
 
 
 def _delta_rows(section: np.ndarray, header: bytes) -> np.ndarray:
