@@ -29,6 +29,9 @@ def test_malformed_names_are_rejected(bad):
 def test_library_key_centring_option():
     s = get_scheme("e8-k3v2-kc").lib_scheme
     assert (s.k_bits, s.v_bits, s.key_centering, s.center_k, s.center_v) == (3, 2, True, False, False)
-    assert get_scheme("e8-k3v2").lib_scheme.key_centering is False
+    assert get_scheme("e8-k3v2").lib_scheme.key_centering is True  # the library's default
+    assert get_scheme("e8-k3v2-nokc").lib_scheme.key_centering is False
+    assert get_scheme("e8-k3v2-ck").lib_scheme.key_centering is False  # the emulation codes uncentred
+    assert get_scheme("lossless-nokc").lib_scheme.key_centering is False
     p = get_scheme("lossless-kc").lib_scheme
     assert (p.preset, p.profile, p.key_centering) == ("lossless", "auto", True)

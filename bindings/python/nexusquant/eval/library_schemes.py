@@ -45,7 +45,8 @@ class LibraryScheme:
     center_v: bool = False
     # The library's own key centring (nq_config.key_centering, docs/FORMAT.md 1.8): the
     # per-(block, head) key mean is taken out and stored in the block by the C library.
-    key_centering: bool = False
+    # On, as the library's default; "-nokc" schemes turn it off.
+    key_centering: bool = True
 
     def settings(self, shape: dict, model_name: str) -> dict:
         """Context settings: the model profile's (when asked for and matching), then ours."""
@@ -110,7 +111,7 @@ class LibraryScheme:
         kv_heads = cache.n_kv_heads
         head_dim = cache.keys[0][0].shape[-1]
         if self.key_centering:
-            raise ValueError("key_centering (-kc) and the emulated centring (-ck / -cv) are exclusive")
+            raise ValueError("the library's key centring and the emulated centring (-ck / -cv) are exclusive")
         first = replace(self, center_k=False, center_v=False)
         ctx1 = first.context(head_dim, kv_heads, q_heads, rope_theta, cache.n_layers, model_name)
         keys, values, positions, bits = [], [], [], []
@@ -188,14 +189,17 @@ def library_schemes() -> dict:
     # rotated keys quantised as they are (what attention over compressed blocks reads
     # without a per-key decode): the quality side of that choice
     s["lossless-keep"] = LibraryScheme("lossless-keep", preset="lossless", profile="auto", rope_mode="keep")
-    # the library's key centring (nq_config.key_centering) on the lossless preset
+    # the library's key centring (nq_config.key_centering, on by default) and without it
     s["lossless-kc"] = LibraryScheme("lossless-kc", preset="lossless", profile="auto", key_centering=True)
+    for preset in ("lossless", "balanced"):
+        s[preset + "-nokc"] = LibraryScheme(preset + "-nokc", preset=preset, profile="auto", key_centering=False)
+        s[preset + "-generic-nokc"] = LibraryScheme(preset + "-generic-nokc", preset=preset, key_centering=False)
     s["lossless-generic-keep"] = LibraryScheme("lossless-generic-keep", preset="lossless", rope_mode="keep")
     s["balanced-generic-keep"] = LibraryScheme("balanced-generic-keep", preset="balanced", rope_mode="keep")
     # experimental: the generic presets with the per-head key and value means taken out
     for preset in ("lossless", "high", "balanced", "max"):
         s[preset + "-generic-ck-cv"] = LibraryScheme(preset + "-generic-ck-cv", preset=preset,
-                                                     center_k=True, center_v=True)
+                                                     center_k=True, center_v=True, key_centering=False)
     for kb, vb in ((4, 4), (4, 3), (3, 3), (3, 2), (2, 2)):
         for codec in ("e8", "scalar"):
             name = f"{codec}-k{kb}v{vb}"
@@ -207,9 +211,10 @@ def library_schemes() -> dict:
 #   {e8|scalar}-k{K}v{V}[-e{evict}][-s{fp16 sinks}][-w{fp16 window}][-r{recent window}]
 #                      [-t{sink tokens}][-shared|-paged][-norm][-keep][-p{pool}][-L{a}:{b}k{K}v{V}...]
 #                      [-ck][-cv]   (experimental: per-head mean of keys / values taken out, see center_k)
-#                      [-kc]        (the library's key centring, nq_config.key_centering)
+#                      [-kc|-nokc]  (the library's key centring, nq_config.key_centering: on by
+#                                    default; -ck / -cv turn it off for their emulation)
 # e.g. e8-k3v2-e0.6-w16-r16, e8-k2v2-e0.4-shared, e8-k3v2-L0:2k4v3 (layers 0..1 at K4/V3).
-_OPTION = r"-e[0-9.]+|-[swrtp]\d+|-shared|-paged|-norm|-keep|-ck|-cv|-kc|-L-?\d+:-?\d+k\dv\d"
+_OPTION = r"-e[0-9.]+|-[swrtp]\d+|-shared|-paged|-norm|-keep|-ck|-cv|-kc|-nokc|-L-?\d+:-?\d+k\dv\d"
 PATTERN = r"(e8|scalar)-k(\d)v(\d)((?:" + _OPTION + r")*)"
 
 
@@ -231,10 +236,14 @@ def parse_scheme(m) -> LibraryScheme:
             s.rope_mode = "keep"
         elif opt == "-ck":
             s.center_k = True
+            s.key_centering = False
         elif opt == "-cv":
             s.center_v = True
+            s.key_centering = False
         elif opt == "-kc":
             s.key_centering = True
+        elif opt == "-nokc":
+            s.key_centering = False
         else:
             setattr(s, fields[opt[1]], int(opt[2:]))
     return s
