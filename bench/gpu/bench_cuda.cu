@@ -2,7 +2,9 @@
 // 8 KV heads, head_dim 128) and a head_dim 64 model, next to a device-to-device copy
 // of the same bytes timed in the same run.
 //
-//   bench_cuda [--quick] [--reps N] [--shape I]
+//   bench_cuda [--quick] [--reps N] [--shape I] [--key-centering 0|1]
+//
+// --key-centering: nq_config.key_centering (default: the library's, on).
 //
 // compress: one nq_compress_batch call over the layers of a shape (caller buffers and
 // workspace), timed around the API call with events ("call": host planning, uploads and
@@ -41,6 +43,7 @@
     } while (0)
 
 namespace {
+int g_key_centering = -1;  // --key-centering: -1 the library's default
 
 __global__ void fill_random(uint16_t *p, size_t n, uint32_t seed) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
@@ -107,6 +110,7 @@ Row run(const Shape &sh, cudaStream_t s, int reps) {
     cfg.num_kv_heads = sh.heads;
     cfg.num_q_heads = sh.heads * 4;
     cfg.preset = sh.preset;
+    if (g_key_centering >= 0) cfg.key_centering = (uint32_t)g_key_centering;
     cfg.rope.mode = sh.rope;
     cfg.rope.theta = 500000.0;
     nq_context *ctx = nullptr;
@@ -218,6 +222,7 @@ int main(int argc, char **argv) {
         if (!std::strcmp(argv[i], "--quick")) quick = true;
         if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
         if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) only = std::atoi(argv[++i]);
+        if (!std::strcmp(argv[i], "--key-centering") && i + 1 < argc) g_key_centering = std::atoi(argv[++i]) ? 1 : 0;
     }
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
