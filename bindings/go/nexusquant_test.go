@@ -91,7 +91,7 @@ func TestRoundTripFloat32(t *testing.T) {
 	if info.TokensKept != uint32(tokens) || info.NumHeads != tH || int(info.ResidentBytes) != bound {
 		t.Fatalf("info %+v, bound %d", info, bound)
 	}
-	if info.HeaderBytes+info.PositionBytes+info.ScaleBytes+info.CodeBytes+info.FP16Bytes+info.PaddingBytes != info.ResidentBytes {
+	if info.HeaderBytes+info.PositionBytes+info.ScaleBytes+info.CodeBytes+info.FP16Bytes+info.KeyMeanBytes+info.PaddingBytes != info.ResidentBytes {
 		t.Fatalf("byte breakdown %+v", info)
 	}
 	if d := ok(b.Data()); len(d) != bound {

@@ -63,9 +63,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let block = ctx.compress(&kv)?;
     let info = block.info();
     println!(
-        "block: {} of {} tokens kept, K {} bits, V {} bits, {} bytes ({:.2}x of fp16): header {}, positions {}, scales {}, codes {}, fp16 {}, padding {}",
+        "block: {} of {} tokens kept, K {} bits, V {} bits, {} bytes ({:.2}x of fp16): header {}, positions {}, scales {}, codes {}, fp16 {}, key mean {}, padding {}",
         info.tokens_kept, info.tokens_in, info.k_bits, info.v_bits, info.resident_bytes, info.ratio, info.header_bytes,
-        info.position_bytes, info.scale_bytes, info.code_bytes, info.fp16_bytes, info.padding_bytes
+        info.position_bytes, info.scale_bytes, info.code_bytes, info.fp16_bytes, info.key_mean_bytes, info.padding_bytes
     );
 
     let archive = ctx.serialize(&block)?;

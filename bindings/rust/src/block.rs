@@ -59,6 +59,8 @@ pub struct BlockInfo {
     pub code_bytes: u64,
     pub fp16_bytes: u64,
     pub padding_bytes: u64,
+    /// The key mean (docs/FORMAT.md 1.8): heads * head_dim * 2 with key centering, else 0.
+    pub key_mean_bytes: u64,
 }
 
 impl BlockRef {
@@ -105,6 +107,7 @@ impl BlockRef {
             code_bytes: i.code_bytes,
             fp16_bytes: i.fp16_bytes,
             padding_bytes: i.padding_bytes,
+            key_mean_bytes: i.key_mean_bytes,
         }
     }
 

@@ -62,7 +62,13 @@ fn f32_round_trip_and_info() {
     assert_eq!(info.resident_bytes as usize, bound);
     assert_eq!(b.data().len(), bound);
     assert_eq!(
-        info.header_bytes + info.position_bytes + info.scale_bytes + info.code_bytes + info.fp16_bytes + info.padding_bytes,
+        info.header_bytes
+            + info.position_bytes
+            + info.scale_bytes
+            + info.code_bytes
+            + info.fp16_bytes
+            + info.key_mean_bytes
+            + info.padding_bytes,
         info.resident_bytes
     );
     assert!((info.ratio - info.original_bytes as f64 / info.resident_bytes as f64).abs() < 1e-9);

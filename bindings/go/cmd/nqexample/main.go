@@ -101,9 +101,9 @@ func main() {
 	}
 	defer block.Close()
 	info, _ := block.Info()
-	fmt.Printf("block: %d of %d tokens kept, K %d bits, V %d bits, %d bytes (%.2fx of fp16): header %d, positions %d, scales %d, codes %d, fp16 %d, padding %d\n",
+	fmt.Printf("block: %d of %d tokens kept, K %d bits, V %d bits, %d bytes (%.2fx of fp16): header %d, positions %d, scales %d, codes %d, fp16 %d, key mean %d, padding %d\n",
 		info.TokensKept, info.TokensIn, info.KBits, info.VBits, info.ResidentBytes, info.Ratio, info.HeaderBytes,
-		info.PositionBytes, info.ScaleBytes, info.CodeBytes, info.FP16Bytes, info.PaddingBytes)
+		info.PositionBytes, info.ScaleBytes, info.CodeBytes, info.FP16Bytes, info.KeyMeanBytes, info.PaddingBytes)
 
 	archive, err := ctx.Serialize(block)
 	if err != nil {
