@@ -6,6 +6,7 @@
 
 #include "../backend.h"
 #include "internal.h"
+#include "../format/header_info.h"
 
 namespace nq {
 
@@ -70,19 +71,7 @@ extern "C" NQ_API nq_status nq_block_get_info(const nq_block *b, nq_block_info *
     const BlockHeader &h = b->h;
     const BlockGeometry &g = b->g;
     nq_block_info i{};
-    i.layer = h.layer;
-    i.num_heads = h.num_heads;
-    i.head_dim = h.head_dim;
-    i.tokens_in = h.tokens_in;
-    i.tokens_kept = h.tokens_kept;
-    i.k_bits = h.k_bits;
-    i.v_bits = h.v_bits;
-    i.codec = (nq_codec)h.codec;
-    i.evict_mode = (nq_evict_mode)h.evict_mode;
-    i.rope_mode = (nq_rope_mode)h.rope_mode;
-    i.fp16_sinks = h.fp16_sinks;
-    i.fp16_window = h.fp16_window;
-    i.positions_per_head = (h.flags & kFlagPositionsPerHead) ? 1 : 0;
+    header_info_fields(h, i);
     i.memory = b->memory;
     i.device = b->device;
     if (b->memory == NQ_MEMORY_HOST) {

@@ -13,6 +13,7 @@
 #include "../backend.h"
 #include "../api/internal.h"
 #include "../api/fp_env.h"
+#include "header_info.h"
 
 namespace nq {
 namespace {
@@ -322,19 +323,7 @@ extern "C" NQ_API nq_status nq_block_peek(const void *bytes, size_t len, nq_bloc
     BlockHeader h;
     header_read(p + at, &h);
     i.header_valid = header_validate(h) == nullptr && block_geometry(h).total == h.total_bytes;
-    i.layer = h.layer;
-    i.num_heads = h.num_heads;
-    i.head_dim = h.head_dim;
-    i.tokens_in = h.tokens_in;
-    i.tokens_kept = h.tokens_kept;
-    i.k_bits = h.k_bits;
-    i.v_bits = h.v_bits;
-    i.codec = (nq_codec)h.codec;
-    i.evict_mode = (nq_evict_mode)h.evict_mode;
-    i.rope_mode = (nq_rope_mode)h.rope_mode;
-    i.fp16_sinks = h.fp16_sinks;
-    i.fp16_window = h.fp16_window;
-    i.positions_per_head = (h.flags & kFlagPositionsPerHead) ? 1 : 0;
+    header_info_fields(h, i);
     i.first_position = (int64_t)h.first_position;
     i.resident_bytes = h.total_bytes;
     i.stored_bytes = i.is_archive ? get<uint64_t>(p + 8) : h.total_bytes;
