@@ -220,7 +220,8 @@ TEST(KeyCenteringSimd, SameBytesAsReference) {
 
 // Shapes off the main path: head_dim 96 and 80 (Hadamard blocks smaller than the head), 512,
 // partial rotary, many heads (more than one key-mean task per thread), the scalar codec,
-// other key bits, and one partial tile (too few tokens for the thread pool).
+// other key bits, one partial tile (too few tokens for the thread pool), and blocks of
+// several key-mean runs.
 TEST(KeyCenteringSimd, OtherShapes) {
     const Case cases[] = {
         {4, 96, 61, NQ_DTYPE_F32, NQ_ROPE_REMOVE, NQ_ROPE_SPLIT_HALF, 0, true, true, NQ_CODEC_E8, 3},
@@ -232,6 +233,9 @@ TEST(KeyCenteringSimd, OtherShapes) {
         {2, 256, 64, NQ_DTYPE_BF16, NQ_ROPE_NONE, NQ_ROPE_SPLIT_HALF, 0, true, false, NQ_CODEC_E8, 8},
         {1, 64, 12, NQ_DTYPE_F32, NQ_ROPE_REMOVE, NQ_ROPE_SPLIT_HALF, 0, false, false, NQ_CODEC_E8, 1},
         {3, 512, 45, NQ_DTYPE_F32, NQ_ROPE_REMOVE, NQ_ROPE_SPLIT_HALF, 0, true, true, NQ_CODEC_E8, 3},
+        // Several key-mean runs (FORMAT.md 1.8: 256 coded slots each), the last one partial.
+        {3, 128, 700, NQ_DTYPE_F16, NQ_ROPE_REMOVE, NQ_ROPE_SPLIT_HALF, 0, true, true, NQ_CODEC_E8, 3},
+        {2, 64, 530, NQ_DTYPE_BF16, NQ_ROPE_KEEP, NQ_ROPE_SPLIT_HALF, 0, false, false, NQ_CODEC_E8, 3},
     };
     uint32_t seed = 500;
     for (const Case &c : cases) {

@@ -113,7 +113,8 @@ void write_positions(const EncodeJob &job) {
 }
 
 // The key mean of every head (FORMAT.md 1.8) into the k_mean section: the rotated keys
-// of the coded slots summed in float64 in slot order. Runs before any key is coded.
+// of the coded slots summed in float64, in runs of kKeyMeanRun slots (slot order within
+// a run, the run sums in run order). Runs before any key is coded.
 // (The SIMD driver's key_mean_task computes the same bits with the kernels' rotation.)
 void write_key_mean(const EncodeJob &job) {
     const BlockHeader &h = *job.h;
@@ -126,11 +127,13 @@ void write_key_mean(const EncodeJob &job) {
     const bool unrotate = h.rope_mode == NQ_ROPE_REMOVE;
     if (unrotate) rope.init(h);
     float row[kMaxHeadDim];
-    double sum[kMaxHeadDim];
+    double sum[kMaxHeadDim], run[kMaxHeadDim];
     for (uint32_t hd = 0; hd < H; ++hd) {
         const uint32_t r = job.kept_rows > 1 ? hd : 0;
         for (uint32_t d = 0; d < D; ++d) sum[d] = 0.0;
         for (uint32_t c = 0; c < g.coded; ++c) {
+            if (c % kKeyMeanRun == 0)
+                for (uint32_t d = 0; d < D; ++d) run[d] = 0.0;
             const uint32_t j = s_end + c;
             const uint32_t t = job.kept ? job.kept[(size_t)r * K + j] : j;
             load_row(kv.k, kv.dtype, kv.k_layout, hd, t, D, row);
@@ -139,7 +142,9 @@ void write_key_mean(const EncodeJob &job) {
                 rope_unrotate(row, h.rope_pairing, h.rotary_dims, rope.c_inv, rope.s_inv);
             }
             hadamard_forward(row, D);
-            for (uint32_t d = 0; d < D; ++d) sum[d] += (double)row[d];
+            for (uint32_t d = 0; d < D; ++d) run[d] += (double)row[d];
+            if ((c + 1) % kKeyMeanRun == 0 || c + 1 == g.coded)
+                for (uint32_t d = 0; d < D; ++d) sum[d] += run[d];
         }
         for (uint32_t d = 0; d < D; ++d) {
             const float m = g.coded ? (float)(sum[d] / (double)g.coded) : 0.0f;

@@ -228,9 +228,11 @@ void encode_task(void *vp, uint32_t task) {
 }
 
 // The key-mean pass of a centred block: each task takes whole heads, and each head's
-// rotated keys are summed in float64 in slot order (one lane after another within a
-// tile, tiles in order), so the sums are write_key_mean's whatever the thread count.
+// rotated keys are summed in float64 as write_key_mean sums them (runs of kKeyMeanRun
+// slots, one lane after another within a tile, tiles in order; a tile never straddles
+// two runs), so the sums are the reference's whatever the thread count.
 // Heads of a task share the RoPE tables of a super-batch, as in encode_task.
+static_assert(kKeyMeanRun % 16 == 0, "a tile (8 or 16 lanes) must never straddle two key-mean runs");
 void key_mean_task(void *vp, uint32_t task) {
     EncodeState &st = *static_cast<EncodeState *>(vp);
     FpEnvGuard env;
@@ -247,7 +249,8 @@ void key_mean_task(void *vp, uint32_t task) {
     const int64_t ksd = layout_dim_stride(kv.k_layout);
     const size_t gather = ksd != 1 ? (size_t)D * W * es : 0;
     const uint32_t DP = div_up(D, W) * W;  // the kernel adds whole chunks of W dims
-    const size_t sum_doubles = (size_t)(h1 - h0) * DP;  // a multiple of 8: 64-byte aligned after
+    // Per head: the sum, then the current run's sum. A multiple of 8: 64-byte aligned after.
+    const size_t sum_doubles = 2 * (size_t)(h1 - h0) * DP;
     double *sums = reinterpret_cast<double *>(
         NQ_TASK_SCRATCH(sum_doubles * sizeof(double) + ((size_t)D * W + tables) * sizeof(float) + gather));
     float *work = reinterpret_cast<float *>(sums + sum_doubles);
@@ -279,13 +282,18 @@ void key_mean_task(void *vp, uint32_t task) {
                                            es, ksd, D, rowbuf + w * D * es);
                 if (st.rope) t.rope = TileRope{tc, tc + table, h.rotary_dims, h.rope_pairing};
                 t.work = work;
-                st.kn->key_sum(t, sums + (size_t)(hd - h0) * DP);
+                double *sum = sums + 2 * (size_t)(hd - h0) * DP, *run = sum + DP;
+                if (jc0 % kKeyMeanRun == 0)
+                    for (uint32_t d = 0; d < DP; ++d) run[d] = 0.0;
+                st.kn->key_sum(t, run);
+                if ((jc0 + n) % kKeyMeanRun == 0 || jc0 + n == st.coded)
+                    for (uint32_t d = 0; d < DP; ++d) sum[d] += run[d];
             }
         }
     }
     // write_key_mean's rounding: float64 mean -> f32 -> f16.
     for (uint32_t hd = h0; hd < h1; ++hd) {
-        const double *sum = sums + (size_t)(hd - h0) * DP;
+        const double *sum = sums + 2 * (size_t)(hd - h0) * DP;
         uint8_t *mean = job.dst + g.offset[kSecKMean] + (size_t)hd * D * 2;
         for (uint32_t d = 0; d < D; ++d) {
             const uint16_t bits = key_mean_f16((float)(sum[d] / (double)st.coded));

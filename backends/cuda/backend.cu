@@ -180,13 +180,18 @@ uint32_t pages_of(const nq_layout &l, uint32_t tokens) {
 constexpr size_t kAlign = 64;
 inline size_t up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
-// Bytes of the workspace for one item: page tables, positions, kept tokens, and the
-// device selection's scores and output.
+// Key-mean runs (FORMAT.md 1.8) of a head with `coded` coded slots.
+inline size_t mean_run_count(size_t coded) { return (coded + kKeyMeanRun - 1) / kKeyMeanRun; }
+
+// Bytes of the workspace for one item: page tables, positions, kept tokens, the device
+// selection's scores and output, and the key-mean run sums.
 size_t item_bytes(const nq_context *ctx, const nq_kv_desc &kv) {
     const size_t T = kv.num_tokens, H = ctx->cfg.num_kv_heads, Hq = ctx->cfg.num_q_heads;
     size_t n = up(pages_of(kv.k_layout, kv.num_tokens) * 4) + up(pages_of(kv.v_layout, kv.num_tokens) * 4) + up(T * 4);
     if (layer_params(ctx, kv.layer).evict_fraction > 0.0f)  // selection: kept tokens, scores, query scratch
         n += up(H * T * 4) + up((H + 1) * T * 4) + 2 * up(Hq * T * 4);
+    if (ctx->cfg.key_centering)  // key mean: float64 sums of the runs of at most T coded slots
+        n += up(mean_run_count(T) * H * ctx->cfg.head_dim * sizeof(double));
     return n;
 }
 
@@ -303,9 +308,14 @@ nq_status gpu_compress(nq_context *ctx, const BatchItem *items, size_t n, void *
         if (jb.kept) a.has_kept = true, a.kept = sg.take((size_t)jb.kept_rows * jb.h->tokens_kept * 4);
     }
     const size_t staged = up(sg.used);
-    std::vector<size_t> norm_off(n, 0), dkept_off(n, 0), query_off(n, 0);
+    std::vector<size_t> norm_off(n, 0), dkept_off(n, 0), query_off(n, 0), runs_off(n, 0);
     size_t dev_used = staged;
     for (size_t i = 0; i < n; ++i) {
+        const BlockHeader &h = *items[i].job.h;
+        if (h.flags & kFlagKeyMean) {
+            runs_off[i] = dev_used;
+            dev_used = up(dev_used + mean_run_count(items[i].job.g->coded) * h.num_heads * h.head_dim * sizeof(double));
+        }
         if (!items[i].sel_rows) continue;
         const size_t H = items[i].job.h->num_heads, T = items[i].job.kv->num_tokens;
         norm_off[i] = dev_used;
@@ -336,7 +346,7 @@ nq_status gpu_compress(nq_context *ctx, const BatchItem *items, size_t n, void *
     SelectItem *si = reinterpret_cast<SelectItem *>(sg.host + sel_off);
     std::vector<SelectItem> sel_host;
     uint64_t rows = 0, pos_entries = 0;
-    uint32_t sel_rows_total = 0, max_heads = 0, mean_heads = 0;
+    uint32_t sel_rows_total = 0, max_heads = 0, mean_heads = 0, mean_runs = 0;
     uint64_t norm_rows = 0;
     for (size_t i = 0; i < n; ++i) {
         const BatchItem &gi = items[i];
@@ -402,6 +412,10 @@ nq_status gpu_compress(nq_context *ctx, const BatchItem *items, size_t n, void *
         e.key_mean = (h.flags & kFlagKeyMean) ? 1u : 0u;
         e.mean_begin = mean_heads;
         mean_heads += e.key_mean ? H : 0u;
+        e.runs = e.key_mean ? (uint32_t)mean_run_count(g.coded) : 0u;
+        e.run_begin = mean_runs;
+        mean_runs += H * e.runs;
+        e.mean_runs = e.key_mean ? reinterpret_cast<double *>(ws + runs_off[i]) : nullptr;
         header_write(h, e.header);
 
         if (gi.sel_rows) {
@@ -488,7 +502,7 @@ nq_status gpu_compress(nq_context *ctx, const BatchItem *items, size_t n, void *
     }
     const uint32_t G = lanes_for(ctx->cfg.head_dim) == 64 ? 32 : lanes_for(ctx->cfg.head_dim);
     EncodeLaunch el{device, ctx->cfg.head_dim, reinterpret_cast<const EncodeItem *>(ws + items_off), (uint32_t)n,
-                    rows, pos_entries, 0, mean_heads};
+                    rows, pos_entries, 0, mean_heads, mean_runs};
     el.work_groups = std::max<uint64_t>(rows, std::max<uint64_t>((n * kMetaUnits + G - 1) / G, (pos_entries + G - 1) / G));
     err = run_encode(el, stream);
     if (err != cudaSuccess) return runtime_fail(err, "launching the compress kernel");

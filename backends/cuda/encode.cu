@@ -1,8 +1,9 @@
 // The compress kernel: one launch writes every block of a batch (header, padding,
 // positions, scales, codes, fp16 rows). K and V are read once, each block byte is
 // written once. See kernels.cuh for how a head vector is spread over a lane group.
-// Key-centred items (FORMAT.md 1.8) get their k_mean section from a launch before it
-// (key_mean_kernel), which the compress kernel reads back before it scales keys.
+// Key-centred items (FORMAT.md 1.8) get their k_mean section from two launches before it
+// (key_mean_runs_kernel, key_mean_finish_kernel), which the compress kernel reads back
+// before it scales keys.
 #include "gpu_runtime.h"  // first: the runtime defines __host__/__device__ for the shared headers
 #include "../../src/core/format.h"
 #include "launch.h"
@@ -13,20 +14,20 @@ namespace gpu {
 
 namespace {
 
-// Rotated key rows one lane group puts into the chunk of key_mean_kernel per round:
+// Rotated key rows one lane group puts into the chunk of key_mean_runs_kernel per round:
 // several rows so that their loads are in flight together.
 template <int E> constexpr int mean_rows() { return E == 8 ? 4 : 2; }
 
-// The key mean of each head of the centred items, written into the k_mean section as
-// the CPU reference does (write_key_mean): the keys of the coded slots, RoPE removed
-// when the block removes it, Hadamard-rotated as the compress kernel rotates them,
-// summed in float64 in slot order, divided by the count in float64, rounded to f32
-// then f16. One thread block per (item, head): its lane groups rotate a chunk of slots
-// into shared memory, then thread d adds the chunk's values of dim d to its float64
-// sum in slot order, so the sum is the reference's bit for bit.
+// The key mean (FORMAT.md 1.8) in two launches, as the CPU reference sums it
+// (write_key_mean): the keys of the coded slots, RoPE removed when the block removes it,
+// Hadamard-rotated as the compress kernel rotates them, summed in float64 in runs of
+// kKeyMeanRun slots. key_mean_runs_kernel: one thread block per (item, head, run), so
+// every run of every head is in flight at once; its lane groups rotate a chunk of the
+// run's slots into shared memory, then thread d adds the chunk's values of dim d to its
+// float64 sum in slot order, and the run's sums go to the workspace.
 template <int E, int G>
-__global__ void __launch_bounds__(kThreads) key_mean_kernel(const EncodeItem *items, uint32_t n_items,
-                                                            uint32_t total_heads) {
+__global__ void __launch_bounds__(kThreads) key_mean_runs_kernel(const EncodeItem *items, uint32_t n_items,
+                                                                 uint32_t total_runs) {
     constexpr int R = mean_rows<E>();
     constexpr uint32_t P = (uint32_t)(G * E), groups = kThreads / G, per_chunk = R * groups;
     constexpr int dims = (int)((P + kThreads - 1) / kThreads);  // dims summed by one thread
@@ -39,19 +40,20 @@ __global__ void __launch_bounds__(kThreads) key_mean_kernel(const EncodeItem *it
     float *sm = smem + grp * P;
     RopePlan<E> plan;  // the batch's items share one context, hence one RoPE
     if (n_items) plan.init(d0, items[0].pairing, items[0].rotary_dims);
-    for (uint32_t u = blockIdx.x; u < total_heads; u += gridDim.x) {
-        const EncodeItem &it = items[find_item(items, n_items, u, [](const EncodeItem &x) { return x.mean_begin; })];
-        const uint32_t h = u - it.mean_begin, D = it.D, K = it.K, coded = it.coded;
+    for (uint32_t u = blockIdx.x; u < total_runs; u += gridDim.x) {
+        const EncodeItem &it = items[find_item(items, n_items, u, [](const EncodeItem &x) { return x.run_begin; })];
+        const uint32_t rem = u - it.run_begin, h = rem / it.runs, run = rem % it.runs, D = it.D, K = it.K;
+        const uint32_t cb = run * kKeyMeanRun, ce = it.coded - cb < kKeyMeanRun ? it.coded : cb + kKeyMeanRun;
         const uint32_t *kept = it.kept ? it.kept + (uint64_t)(it.kept_rows > 1 ? h : 0) * K : nullptr;
         double sum[dims];
 #pragma unroll
         for (int k = 0; k < dims; ++k) sum[k] = 0.0;
-        for (uint32_t c0 = 0; c0 < coded; c0 += per_chunk) {
+        for (uint32_t c0 = cb; c0 < ce; c0 += per_chunk) {
             float x[R][E];
 #pragma unroll
             for (int r = 0; r < R; ++r) {  // every load first, then the exchanges
                 const uint32_t c = c0 + (uint32_t)r * groups + grp;
-                if (c < coded) {
+                if (c < ce) {
                     const uint32_t j = it.s_end + c, t = kept ? kept[j] : j;
                     load_lane<E>(it.k, it.dtype, layout_offset(it.kl, h, t), it.kl.stride_dim, d0, D, x[r]);
                 } else {
@@ -62,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) key_mean_kernel(const EncodeItem *it
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 const uint32_t q = (uint32_t)r * groups + grp, c = c0 + q;
-                if (c < coded) {  // the same for every lane of the group
+                if (c < ce) {  // the same for every lane of the group
                     if (it.unrotate) {
                         const uint32_t j = it.s_end + c, t = kept ? kept[j] : j;
                         const uint32_t pos = it.positions ? it.positions[t] : it.start_position + t;
@@ -78,7 +80,7 @@ __global__ void __launch_bounds__(kThreads) key_mean_kernel(const EncodeItem *it
                 for (int e = 0; e < E; ++e) chunk[q * P + d0 + (uint32_t)e] = x[r][e];
             }
             __syncthreads();
-            const uint32_t n = coded - c0 < per_chunk ? coded - c0 : per_chunk;
+            const uint32_t n = ce - c0 < per_chunk ? ce - c0 : per_chunk;
 #pragma unroll
             for (int k = 0; k < dims; ++k) {
                 const uint32_t d = threadIdx.x + (uint32_t)k * kThreads;
@@ -87,16 +89,32 @@ __global__ void __launch_bounds__(kThreads) key_mean_kernel(const EncodeItem *it
             }
             __syncthreads();
         }
-        uint8_t *mean = it.dst + it.off[kSecKMean] + (uint64_t)h * D * 2;
+        double *out = it.mean_runs + ((uint64_t)h * it.runs + run) * D;
 #pragma unroll
         for (int k = 0; k < dims; ++k) {
             const uint32_t d = threadIdx.x + (uint32_t)k * kThreads;
-            if (d >= D) continue;
-            const float m = coded ? (float)(sum[k] / (double)coded) : 0.0f;
-            const uint16_t b = key_mean_f16(m);
-            mean[2 * d] = (uint8_t)b;
-            mean[2 * d + 1] = (uint8_t)(b >> 8);
+            if (d < D) out[d] = sum[k];
         }
+    }
+}
+
+// Then one thread per (item, head, dim) adds the runs' sums in run order and writes the
+// mean into the block's k_mean section, where the compress kernel reads it back.
+__global__ void __launch_bounds__(kThreads) key_mean_finish_kernel(const EncodeItem *items, uint32_t n_items,
+                                                                   uint32_t mean_heads, uint32_t D) {
+    const uint64_t total = (uint64_t)mean_heads * D;
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (uint64_t)gridDim.x * blockDim.x) {
+        const uint32_t unit = (uint32_t)(i / D), d = (uint32_t)(i % D);
+        const EncodeItem &it = items[find_item(items, n_items, unit, [](const EncodeItem &x) { return x.mean_begin; })];
+        const uint32_t h = unit - it.mean_begin;
+        const double *runs = it.mean_runs + (uint64_t)h * it.runs * D + d;
+        double sum = 0.0;
+        for (uint32_t r = 0; r < it.runs; ++r) sum += runs[(uint64_t)r * D];
+        const float m = it.coded ? (float)(sum / (double)it.coded) : 0.0f;
+        const uint16_t b = key_mean_f16(m);
+        uint8_t *mean = it.dst + it.off[kSecKMean] + ((uint64_t)h * D + d) * 2;
+        mean[0] = (uint8_t)b;
+        mean[1] = (uint8_t)(b >> 8);
     }
 }
 
@@ -227,9 +245,16 @@ __global__ void __launch_bounds__(kThreads) encode_kernel(const EncodeItem *item
 
 template <int E, int G> cudaError_t launch_encode(const EncodeLaunch &a, cudaStream_t stream) {
     if (a.mean_heads) {  // ordered before the compress kernel on the stream
-        auto mk = key_mean_kernel<E, G>;
-        unsigned mgrid = grid_for(a.device, mk, (uint64_t)a.mean_heads * kThreads);
-        NQ_LAUNCH(mk, dim3(mgrid), dim3(kThreads), stream, a.items, a.n_items, a.mean_heads);
+        if (a.mean_runs) {
+            auto rk = key_mean_runs_kernel<E, G>;
+            unsigned rgrid = grid_for(a.device, rk, (uint64_t)a.mean_runs * kThreads);
+            NQ_LAUNCH(rk, dim3(rgrid), dim3(kThreads), stream, a.items, a.n_items, a.mean_runs);
+            cudaError_t e = cudaGetLastError();
+            if (e != cudaSuccess) return e;
+        }
+        auto fk = key_mean_finish_kernel;
+        unsigned fgrid = grid_for(a.device, fk, (uint64_t)a.mean_heads * a.head_dim);
+        NQ_LAUNCH(fk, dim3(fgrid), dim3(kThreads), stream, a.items, a.n_items, a.mean_heads, a.head_dim);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;
     }

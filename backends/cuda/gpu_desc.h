@@ -54,8 +54,10 @@ struct EncodeItem {
     uint32_t unrotate, pairing, rotary_dims;
     float k_alpha, v_alpha;
     uint32_t key_mean;           // 1: keys are coded minus the head's mean (FORMAT.md 1.8)
-    uint32_t mean_begin;         // first (item, head) of the key-mean launch; counts centred items only
-    uint32_t reserved;
+    uint32_t mean_begin;         // first (item, head) of the key-mean launches; counts centred items only
+    uint32_t run_begin;          // first (item, head, run) of the key-mean run launch (FORMAT.md 1.8)
+    uint32_t runs;               // key-mean runs per head: ceil(coded / kKeyMeanRun)
+    double *mean_runs;           // workspace: the runs' float64 sums [H][runs][D]
     uint8_t header[128];
 };
 

@@ -49,7 +49,8 @@ struct EncodeLaunch {
     uint32_t n_items;
     uint64_t total_rows, total_pos;
     uint64_t work_groups;  // lane groups that have work (rows, or meta/position threads / G)
-    uint32_t mean_heads;   // (item, head) pairs of key-centred items: key_mean_kernel's work
+    uint32_t mean_heads;   // (item, head) pairs of key-centred items: key_mean_finish_kernel's work
+    uint32_t mean_runs;    // (item, head, run) triples: key_mean_runs_kernel's work
 };
 cudaError_t run_encode(const EncodeLaunch &a, cudaStream_t stream);
 

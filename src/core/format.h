@@ -37,6 +37,11 @@ enum BlockFlags : uint32_t {
     kFlagKeyMean = 1u << 3,      // k_mean section present; coded keys are centred on it
 };
 
+// Key mean (FORMAT.md 1.8): coded slots are summed in float64 in runs of this many, each
+// run in slot order from 0.0, the run sums added in run order. Runs let a backend sum
+// them in parallel and still write the same bits as every other backend.
+constexpr uint32_t kKeyMeanRun = 256;
+
 enum Section : int {
     kSecPositions = 0,
     kSecKScales,

@@ -307,8 +307,8 @@ TEST(GpuEquivalenceExtra, QueryScores) {
     }
 }
 
-// Key centering (FORMAT.md 1.8): the device's mean (a float64 sum over the coded slots in
-// slot order, one thread per dimension) and the codes of the keys minus it are the CPU
+// Key centering (FORMAT.md 1.8): the device's mean (float64 sums over runs of 256 coded
+// slots in slot order, then over the runs in order) and the codes of the keys minus it are the CPU
 // reference's bytes; the CPU's centred block moved to the device decodes as on the CPU.
 nq_config centred_config(uint32_t D, uint32_t H, nq_preset preset) {
     nq_config c = base_config(D, H, preset);
@@ -331,7 +331,7 @@ TEST(GpuKeyCentering, RopeModesAndDtypes) {
         }
 }
 
-// Several chunks of slots per head (the kernel sums a chunk at a time), head dims that
+// Several chunks and runs of slots per head (the kernel sums a chunk at a time), head dims that
 // take 4, 8 and 32 lanes of 8 or 16 floats, interleaved partial RoPE, the scalar codec.
 TEST(GpuKeyCentering, LongBlocksAndHeadDims) {
     NQT_REQUIRE_DEVICE();
@@ -347,6 +347,9 @@ TEST(GpuKeyCentering, LongBlocksAndHeadDims) {
     cfg.rope.rotary_dims = kDim / 2;
     cfg.codec = NQ_CODEC_SCALAR;
     run_case(cfg, NQ_DTYPE_F16, Kind::PagedNHD, 90, 901, "centred, interleaved partial RoPE, scalar codec");
+    // Several key-mean runs per head (256 coded slots each, the last one partial).
+    nq_config runs = centred_config(kDim, 3, NQ_PRESET_LOSSLESS);
+    run_case(runs, NQ_DTYPE_F16, Kind::Strided, 700, 902, "centred, 700 tokens: three key-mean runs");
 }
 
 // Eviction: the mean is over each head's kept coded slots, chosen on the device
