@@ -50,17 +50,20 @@ namespace {
 
 // NQ_ATTN_TRACE (benchmarks only): thread 0 of each CTA stamps the global timer at
 // its phases: 0 start, 1 share found, 2 queries ready, 3 pass done, 4 partials written,
-// 5 exit (not last), 6 merge done (last CTA).
+// 5 exit (not last), 6 merge done (last CTA); inside them (first query pass): 7 queries
+// loaded, 8 queries rotated, and on the tensor-core path (warp 0) 9 first block's view
+// and mean bias, 10 first tile done, 11 coded sweep done, 12 raw sweep done.
 #if defined(NQ_ATTN_TRACE) && !defined(NQ_GPU_SIM) && !defined(NQ_HIP) && !defined(__HIPCC__)
 constexpr uint32_t kTraceCtas = 16384;
-__device__ unsigned long long g_attn_trace[kTraceCtas][8];
+constexpr uint32_t kTraceStamps = 16;
+__device__ unsigned long long g_attn_trace[kTraceCtas][kTraceStamps];
 #define NQ_TRACE(i)                                                                                   \
     do {                                                                                              \
         if (threadIdx.x == 0) {                                                                       \
             const uint32_t id_ = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);      \
             unsigned long long t_;                                                                    \
             asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_));                                    \
-            if (id_ < kTraceCtas) g_attn_trace[id_][i] = t_;                                          \
+            if (id_ < kTraceCtas && !g_attn_trace[id_][i]) g_attn_trace[id_][i] = t_;                 \
         }                                                                                             \
     } while (0)
 #else
@@ -77,7 +80,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 #if defined(NQ_GPU_SIM)
 constexpr uint64_t kMinSplitTokens = 32;  // the stand-in's short test sequences still merge several splits
 #else
-constexpr uint64_t kMinSplitTokens = 256;  // 8 chunks: two per warp
+constexpr uint64_t kMinSplitTokens = 256;  // 16 tiles, 4 per warp (measured: 64 made 4K slower, 55.5 vs 45.3 us)
 #endif
 
 struct AttnParams {
@@ -226,6 +229,26 @@ __device__ __forceinline__ float ld_partial(const float *p) {
     return *static_cast<const volatile float *>(p);
 #else
     return __ldcg(p);
+#endif
+}
+
+// Four consecutive partial elements (16-byte aligned) in one load.
+__device__ __forceinline__ void ld_partial4(const float *p, float *x) {
+#if defined(NQ_GPU_SIM) || defined(__HIPCC__) || defined(NQ_HIP)
+    for (int e = 0; e < 4; ++e) x[e] = ld_partial(p + e);
+#else
+    const float4 v = __ldcg(reinterpret_cast<const float4 *>(p));
+    x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+#endif
+}
+
+// A hint that the 128-byte line at p will be read soon: fetched into L2 while the caller
+// does other work (no register waits on it). Nothing on the stand-in and HIP.
+__device__ __forceinline__ void prefetch_l2(const void *p) {
+#if !defined(NQ_GPU_SIM) && !defined(__HIPCC__) && !defined(NQ_HIP)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+    (void)p;
 #endif
 }
 
@@ -962,7 +985,10 @@ __device__ __forceinline__ void mma_fast_tile(const AttnParams &P, const MmaView
 // per lane on CUDA cores (coded keys against the rotated query, raw ones against the
 // original), the same softmax; coded values through the mma with generically decoded
 // fragments, raw values summed in the original domain (racc, rotated once per pass).
-template <int QC>
+// RawOnly: a tile of sinks or window tokens only (the second sweep), compiled without
+// the coded paths (on an H200 a raw tile through the general code cost 15-40 us of one
+// warp's time under load, measured with NQ_ATTN_TRACE).
+template <int QC, bool RawOnly>
 __device__ __noinline__ void mma_slow_tile(const AttnParams &P, const Smem<4, QC> &sm, const MmaView<QC> &mv,
                                            float *corr_sm, MmaState &st, const BlockView &v, uint32_t h, uint32_t j0,
                                            uint32_t n, uint32_t seq, uint32_t warp, uint32_t lane,
@@ -977,7 +1003,7 @@ __device__ __noinline__ void mma_slow_tile(const AttnParams &P, const Smem<4, QC
     const uint32_t r = lane & 15u, part = lane >> 4;
     const bool valid = r < n;
     uint32_t slot = 0;
-    const bool coded = valid && v.coded_slot(j0 + r, &slot);
+    const bool coded = valid && v.coded_slot(j0 + r, &slot) && !RawOnly;
     float x[QC];
 #pragma unroll
     for (int c = 0; c < QC; ++c) x[c] = 0.0f;
@@ -1035,7 +1061,7 @@ __device__ __noinline__ void mma_slow_tile(const AttnParams &P, const Smem<4, QC
         sv[k] = 0.0f;
         vslot[k] = 0xffffffffu;
         uint32_t s;
-        if (((valid_mask & ~raw_mask) >> r) & 1u) {
+        if (!RawOnly && (((valid_mask & ~raw_mask) >> r) & 1u)) {
             (void)v.coded_slot(j0 + r, &s);
             vslot[k] = s;
             sv[k] = bf16_to_f32(v.v_scales(h)[s]);
@@ -1049,26 +1075,28 @@ __device__ __noinline__ void mma_slow_tile(const AttnParams &P, const Smem<4, QC
         const uint32_t r = 2 * t + (k & 1) + 8 * (k >> 1);
         if (((raw_mask >> r) & 1u) && g < (uint32_t)QC) pw[r * QC + g] = p[k];
     }
-    const uint32_t b0 = f16x2(p[0] * sv[0] * vmul, p[1] * sv[1] * vmul);
-    const uint32_t b1 = f16x2(p[2] * sv[2] * vmul, p[3] * sv[3] * vmul);
-    // Coded values: groups 2g and 2g+1 of the 4 tokens, decoded one coordinate at a time.
-    uint64_t code[4][2];
-    const uint64_t vpm = e8_parity_mask(vb);
-#pragma unroll
-    for (int k = 0; k < 4; ++k)
-#pragma unroll
-        for (int q = 0; q < 2; ++q)
-            code[k][q] = vslot[k] != 0xffffffffu ? load_group(v.v_codes(h, vslot[k]), 2 * g + q, vb) : 0;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        float val[4][2];
+    if constexpr (!RawOnly) {
+        const uint32_t b0 = f16x2(p[0] * sv[0] * vmul, p[1] * sv[1] * vmul);
+        const uint32_t b1 = f16x2(p[2] * sv[2] * vmul, p[3] * sv[3] * vmul);
+        // Coded values: groups 2g and 2g+1 of the 4 tokens, decoded one coordinate at a time.
+        uint64_t code[4][2];
+        const uint64_t vpm = e8_parity_mask(vb);
 #pragma unroll
         for (int k = 0; k < 4; ++k)
 #pragma unroll
             for (int q = 0; q < 2; ++q)
-                val[k][q] = vslot[k] != 0xffffffffu ? group_value(code[k][q], (uint32_t)i, vb, e8, vpm) : 0.0f;
-        mma_f16(st.acc[i], f16x2(val[0][0], val[1][0]), f16x2(val[0][1], val[1][1]), f16x2(val[2][0], val[3][0]),
-                f16x2(val[2][1], val[3][1]), b0, b1);
+                code[k][q] = vslot[k] != 0xffffffffu ? load_group(v.v_codes(h, vslot[k]), 2 * g + q, vb) : 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            float val[4][2];
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+#pragma unroll
+                for (int q = 0; q < 2; ++q)
+                    val[k][q] = vslot[k] != 0xffffffffu ? group_value(code[k][q], (uint32_t)i, vb, e8, vpm) : 0.0f;
+            mma_f16(st.acc[i], f16x2(val[0][0], val[1][0]), f16x2(val[0][1], val[1][1]), f16x2(val[2][0], val[3][0]),
+                    f16x2(val[2][1], val[3][1]), b0, b1);
+        }
     }
     // Raw values, original domain: lane owns dims 4 lane .. 4 lane + 3; every row's
     // 8 bytes loaded before the first use.
@@ -1148,8 +1176,14 @@ __device__ void mma_pass(const AttnParams &P, Smem<4, QC> &sm, float *misc, uint
             if (lo < hi) {
                 const BlockView v = BlockView::of(img);
                 const bool fast_blk = v.codec == kCodecE8 && v.k_bits == 3 && v.v_bits == 2;
-                float kbq[QC];  // logit offsets of a key-centred block, per query
-                key_mean_bias<QC>(sm.qrot, v, kvh, D, lane, kbq);
+                float kbq[QC];  // logit offsets of a key-centred block, per query (raw keys have none)
+                if (sweep == 0) {
+                    key_mean_bias<QC>(sm.qrot, v, kvh, D, lane, kbq);
+                } else {
+#pragma unroll
+                    for (int c = 0; c < QC; ++c) kbq[c] = 0.0f;
+                }
+                NQ_TRACE(9);
                 float kbg = 0.0f;  // this thread's query g
 #pragma unroll
                 for (int c = 0; c < QC; ++c)
@@ -1158,6 +1192,16 @@ __device__ void mma_pass(const AttnParams &P, Smem<4, QC> &sm, float *misc, uint
                 const uint32_t cs = v.fp16_sinks, ce = kept - v.fp16_window;
                 // Sinks, coded tokens, window: tiles start at each region's start.
                 const uint32_t edges[4] = {jlo, std::min(std::max(jlo, cs), jhi), std::min(std::max(jlo, ce), jhi), jhi};
+                // The raw rows the second sweep reads, into L2 while the coded tokens run
+                // (one warp; a K and a V row are two 128-byte lines each).
+                if (sweep == 0 && warp == kAttnWarps - 1)
+                    for (int region = 0; region < 3; region += 2)
+                        for (uint32_t i = lane; i < 4 * (edges[region + 1] - edges[region]); i += 32) {
+                            uint32_t rs;
+                            (void)v.coded_slot(edges[region] + i / 4, &rs);
+                            const uint16_t *row = (i & 2u) ? v.v_raw(kvh, rs) : v.k_raw(kvh, rs);
+                            prefetch_l2(row + 64 * (i & 1u));
+                        }
     #pragma unroll 1
                 for (int region = 0; region < 3; ++region) {
                     if ((region == 1) != (sweep == 0)) continue;
@@ -1176,19 +1220,26 @@ __device__ void mma_pass(const AttnParams &P, Smem<4, QC> &sm, float *misc, uint
                                 if (kn < ntiles) mma_fast_load(nxt, v, kvh, ra + kn * kMmaTile, tile_n(kn), lane);
                                 mma_fast_tile<QC>(P, mv, corr_sm, st, cur, v, kvh, ra + k * kMmaTile, tile_n(k), seq, lane,
                                                   qinv, kbg, vmul);
+                                NQ_TRACE(10);
                                 cur = nxt;
                             }
                         }
                     } else {
-                        for (; k < ntiles; k += kAttnWarps)
-                            mma_slow_tile<QC>(P, sm, mv, corr_sm, st, v, kvh, ra + k * kMmaTile, tile_n(k), seq, warp, lane,
-                                              kbq, vmul);
+                        for (; k < ntiles; k += kAttnWarps) {
+                            if (region == 1)
+                                mma_slow_tile<QC, false>(P, sm, mv, corr_sm, st, v, kvh, ra + k * kMmaTile, tile_n(k), seq,
+                                                         warp, lane, kbq, vmul);
+                            else
+                                mma_slow_tile<QC, true>(P, sm, mv, corr_sm, st, v, kvh, ra + k * kMmaTile, tile_n(k), seq,
+                                                        warp, lane, kbq, vmul);
+                        }
                     }
                     tile += ntiles;
                 }
             }
             base += kept;
         }
+        NQ_TRACE(11 + sweep);
     }
 
     // Raw sums rotated forward, then the coded sums added (back to real units).
@@ -1457,8 +1508,9 @@ __device__ SeqShare seq_share(const AttnParams &P, uint32_t b0, uint32_t b1, uin
 }
 
 // o[c][d] = sum over the splits of w[c][s] * part_acc[s][c][d]. With head_dim known at
-// compile time each thread owns E consecutive elements and keeps 8 splits' loads in
-// flight (the merge is on the critical path: it runs after every other CTA).
+// compile time each thread owns E consecutive elements (16-byte loads when E is a
+// multiple of 4) and keeps U splits' loads in flight: the merge is on the critical path
+// (it runs after every other CTA), and each round of loads costs an L2 round trip.
 template <int QC, int FD>
 __device__ __forceinline__ void merge_split_sums(const AttnParams &P, const float (*w)[kMaxAttentionSplits], float *o,
                                                  size_t part0, uint32_t S, uint32_t qc0, uint32_t tid) {
@@ -1471,15 +1523,27 @@ __device__ __forceinline__ void merge_split_sums(const AttnParams &P, const floa
 #pragma unroll
         for (uint32_t e = 0; e < E; ++e) a[e] = 0.0f;
         if (qi < P.nq) {
+            constexpr uint32_t U = E >= 8 ? 8u : 16u;  // U * E floats of loads in flight per thread
             const float *src = P.part_acc + (part0 * P.nq + qi) * D + d0;
-            for (uint32_t s0 = 0; s0 < S; s0 += 8) {
-                float x[8][E];
+            for (uint32_t s0 = 0; s0 < S; s0 += U) {
+                float x[U][E];
 #pragma unroll
-                for (uint32_t u = 0; u < 8; ++u)
+                for (uint32_t u = 0; u < U; ++u) {
+                    if (s0 + u < S) {
+                        if constexpr (E % 4 == 0) {
 #pragma unroll
-                    for (uint32_t e = 0; e < E; ++e) x[u][e] = s0 + u < S ? ld_partial(src + (s0 + u) * step + e) : 0.0f;
+                            for (uint32_t e = 0; e < E; e += 4) ld_partial4(src + (s0 + u) * step + e, &x[u][e]);
+                        } else {
 #pragma unroll
-                for (uint32_t u = 0; u < 8; ++u) {
+                            for (uint32_t e = 0; e < E; ++e) x[u][e] = ld_partial(src + (s0 + u) * step + e);
+                        }
+                    } else {
+#pragma unroll
+                        for (uint32_t e = 0; e < E; ++e) x[u][e] = 0.0f;
+                    }
+                }
+#pragma unroll
+                for (uint32_t u = 0; u < U; ++u) {
                     const float wt = s0 + u < S ? w[c][s0 + u] : 0.0f;
 #pragma unroll
                     for (uint32_t e = 0; e < E; ++e) a[e] += wt * x[u][e];
@@ -1502,11 +1566,37 @@ __device__ __forceinline__ void merge_split_sums(const AttnParams &P, const floa
     }
 }
 
+#if defined(NQ_ATTN_MMA)
+// While the queries load and rotate (several microseconds of latency), the first block's
+// key mean and the first coded tiles of the split (scales and codes, about 4 tiles) go
+// into L2: the pass then starts on L2 hits instead of DRAM misses.
+__device__ __forceinline__ void mma_prefetch_first(const AttnParams &P, const SeqShare &share, uint32_t h,
+                                                   uint32_t tid) {
+    const BlockView v = BlockView::of(P.images[share.b_first]);
+    const uint32_t jlo = (uint32_t)(share.t_begin - share.base);
+    const uint32_t s0 = jlo > v.fp16_sinks ? jlo - v.fp16_sinks : 0u;  // first coded slot of the split
+    if (s0 >= v.coded) return;
+    constexpr uint32_t kTokens = 4 * kMmaTile, kLine = 128;
+    const uint32_t n = min(kTokens, v.coded - s0);
+    const uint32_t kc = n * v.k_code_bytes, vc = n * v.v_code_bytes;
+    const uint32_t kl = (kc + kLine - 1) / kLine, vl = (vc + kLine - 1) / kLine;
+    const uint8_t *p = nullptr;
+    if (tid < kl) p = v.k_codes(h, s0) + tid * kLine;
+    else if (tid < kl + vl) p = v.v_codes(h, s0) + (tid - kl) * kLine;
+    else if (tid == kl + vl) p = reinterpret_cast<const uint8_t *>(v.k_scales(h) + s0);
+    else if (tid == kl + vl + 1) p = reinterpret_cast<const uint8_t *>(v.v_scales(h) + s0);
+    else if (tid < kl + vl + 4 && v.key_mean()) p = reinterpret_cast<const uint8_t *>(v.k_mean(h)) + (tid - kl - vl - 2) * kLine;
+    if (p) prefetch_l2(p);
+}
+#endif
+
 template <int NDL, int QC, int FD>
 __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kernel(const NQ_GRID_CONSTANT AttnParams P) {
     __shared__ Smem<NDL, QC> sm;
     NQ_TRACE(0);
-    const uint32_t split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
+    // Heads vary fastest in launch order, so a short sequence's working splits (the first
+    // eff) are spread over the multiprocessors instead of stacked on the same few.
+    const uint32_t kvh = blockIdx.x, split = blockIdx.y, seq = blockIdx.z;
     const uint32_t tid = threadIdx.x, warp = tid >> 5, lane = tid & 31u;
     const uint32_t D = FD ? (uint32_t)FD : P.D;
     const uint32_t nblk = hadamard_block(D);
@@ -1527,7 +1617,13 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
     const uint64_t eff = share.eff, t_begin = share.t_begin, t_end = share.t_end;
     const float vmul = share.vmul;  // 2^-E: E the exponent of the sequence's first value scale
 
-    for (uint32_t qc0 = 0; qc0 < P.nq; qc0 += QC) {
+    // A split past eff holds no tokens (a short sequence): it only arrives at the counter
+    // below (the merge reads eff splits), leaving the multiprocessor to the others.
+#if defined(NQ_ATTN_MMA)
+    if constexpr (NDL == 4 && FD == 128)
+        if (use_mma && split < eff && share.b_first < b1) mma_prefetch_first(P, share, kvh, tid);
+#endif
+    for (uint32_t qc0 = 0; split < eff && qc0 < P.nq; qc0 += QC) {
         // Queries of this pass, original and rotated.
         for (uint32_t k = tid; k < QC * D; k += kAttnThreads) {
             const uint32_t c = k / D, d = k - c * D, qi = qc0 + c;
@@ -1541,9 +1637,11 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
             sm.qrot[k] = hadamard_sign_negative(d) ? -val : val;
         }
         __syncthreads();
+        NQ_TRACE(7);
         fwht_shared(sm.qrot, QC, D, nblk, tid, kAttnThreads, [] { __syncthreads(); });
         for (uint32_t k = tid; k < QC * D; k += kAttnThreads) sm.qrot[k] *= qrot_scale;
         __syncthreads();
+        NQ_TRACE(8);
 
         bool mma_done = false;
 #if defined(NQ_ATTN_MMA)
@@ -1623,16 +1721,28 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
     for (uint32_t qc0 = 0; qc0 < P.nq; qc0 += QC) {
         // Every split's (m, l) at once; per query its max M and sum L by one warp; then
         // the weights exp2(m_s - M) / L.
-        for (uint32_t k = tid; k < QC * S; k += kAttnThreads) {
-            const uint32_t c = k / S, sp = k - c * S, qi = qc0 + c;
-            float m = -INFINITY, l = 0.0f;
-            if (qi < P.nq) {
-                const float *ml = P.part_ml + ((part0 + sp) * P.nq + qi) * 2;
-                m = ld_partial(ml);
-                l = ld_partial(ml + 1);
+        // (QC * S <= 8 * kMaxAttentionSplits = 8 rounds: all loads issued, then stored.)
+        {
+            constexpr uint32_t R = (uint32_t)QC * kMaxAttentionSplits / kAttnThreads;
+            float m[R], l[R];
+#pragma unroll
+            for (uint32_t r = 0; r < R; ++r) {
+                const uint32_t k = tid + r * kAttnThreads, c = k / S, sp = k - c * S, qi = qc0 + c;
+                m[r] = -INFINITY, l[r] = 0.0f;
+                if (k < QC * S && qi < P.nq) {
+                    const float *ml = P.part_ml + ((part0 + sp) * P.nq + qi) * 2;
+                    m[r] = ld_partial(ml);
+                    l[r] = ld_partial(ml + 1);
+                }
             }
-            sm.sw[c][sp] = m;
-            sm.sl[c][sp] = l;
+#pragma unroll
+            for (uint32_t r = 0; r < R; ++r) {
+                const uint32_t k = tid + r * kAttnThreads, c = k / S, sp = k - c * S;
+                if (k < QC * S) {
+                    sm.sw[c][sp] = m[r];
+                    sm.sl[c][sp] = l[r];
+                }
+            }
         }
         __syncthreads();
         for (uint32_t c = warp; c < (uint32_t)QC; c += kAttnWarps) {
@@ -1663,7 +1773,7 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
 
 template <int NDL, int QC, int FD> cudaError_t launch(const AttnParams &p, cudaStream_t stream) {
     auto kern = attention_kernel<NDL, QC, FD>;
-    NQ_LAUNCH(kern, dim3(p.splits, p.kv_heads, p.num_seqs), dim3(kAttnThreads), stream, p);
+    NQ_LAUNCH(kern, dim3(p.kv_heads, p.splits, p.num_seqs), dim3(kAttnThreads), stream, p);
     return cudaGetLastError();
 }
 
@@ -1729,11 +1839,11 @@ using namespace gpu;
 // The trace of the last launch: 8 stamps per CTA (0 when a phase was not reached).
 size_t gpu_attention_trace(unsigned long long *dst, size_t max_ctas) {
     const size_t n = std::min<size_t>(max_ctas, kTraceCtas);
-    if (cudaMemcpyFromSymbol(dst, g_attn_trace, n * 8 * sizeof(unsigned long long)) != cudaSuccess) return 0;
+    if (cudaMemcpyFromSymbol(dst, g_attn_trace, n * kTraceStamps * sizeof(unsigned long long)) != cudaSuccess) return 0;
     return n;
 }
 void gpu_attention_trace_clear() {
-    static unsigned long long zero[kTraceCtas][8];
+    static unsigned long long zero[kTraceCtas][kTraceStamps];
     (void)cudaMemcpyToSymbol(g_attn_trace, zero, sizeof zero);
 }
 #endif

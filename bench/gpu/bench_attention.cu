@@ -3,7 +3,9 @@
 // fp16 sinks 4 and window 32 per block), one query token per sequence, fp16 q/out.
 // Each sequence's history is blocks of 4096 tokens compressed on the device.
 //
-//   bench_attention [--reps N] [--splits S] [--check 0|1] [--shape I]
+//   bench_attention [--reps N] [--splits S] [--check 0|1] [--shape I] [--key-centering 0|1]
+//
+// --key-centering: the blocks' keys coded centred (1) or not (0); default the library's.
 //
 // Prints one JSON object per shape: tokens, batch, rope, bytes_read (every resident
 // byte of the blocks), splits, fused_us (median over N replays of a CUDA graph of the
@@ -72,36 +74,52 @@ void gpu_attention_trace_clear();
 namespace {
 // One replay with the kernel's per-CTA timer stamps: where the time of a launch goes.
 void print_trace(cudaStream_t s, cudaGraphExec_t exec, size_t ctas) {
+    constexpr int N = 16;  // stamps per CTA (attention.cu kTraceStamps)
     nq::gpu_attention_trace_clear();
     CK(cudaGraphLaunch(exec, s));
     CK(cudaStreamSynchronize(s));
-    std::vector<unsigned long long> t(ctas * 8);
+    std::vector<unsigned long long> t(ctas * N);
     ctas = nq::gpu_attention_trace(t.data(), ctas);
     unsigned long long t0 = ~0ull, tend = 0;
     for (size_t c = 0; c < ctas; ++c) {
-        t0 = std::min(t0, t[c * 8]);
-        for (int i = 0; i < 8; ++i) tend = std::max(tend, t[c * 8 + i]);
+        t0 = std::min(t0, t[c * N]);
+        for (int i = 0; i < N; ++i)
+            if (t[c * N + i]) tend = std::max(tend, t[c * N + i]);
     }
     auto pct = [](std::vector<double> v, double q) {
         if (v.empty()) return 0.0;
         std::sort(v.begin(), v.end());
         return v[std::min(v.size() - 1, (size_t)(q * (double)(v.size() - 1)))];
     };
-    const char *names[] = {"start", "share", "queries", "pass", "partials", "exit", "merged"};
+    // Stamps in the order a CTA passes them, each with the stamp it is timed from.
+    struct Row {
+        int id, from;
+        const char *name;
+    };
+    const Row rows[] = {{0, -1, "start"},     {1, 0, "share"},       {7, 1, "q loaded"},   {8, 7, "q rotated"},
+                        {2, 8, "queries"},    {9, 2, "blk+bias"},    {10, 9, "tile 1"},    {11, 10, "coded"},
+                        {12, 11, "raw"},      {3, 12, "pass"},       {4, 3, "partials"},   {5, 4, "exit"},
+                        {6, 4, "merged"}};
     std::fprintf(stderr, "trace: %zu CTAs, span %.1f us (first start to last stamp)\n", ctas, (tend - t0) * 1e-3);
-    for (int i = 0; i < 7; ++i) {
+    for (const Row &r : rows) {
         std::vector<double> at, dur;
         for (size_t c = 0; c < ctas; ++c) {
-            const unsigned long long x = t[c * 8 + i];
+            const unsigned long long x = t[c * N + r.id];
             if (!x) continue;
             at.push_back((x - t0) * 1e-3);
-            if (i > 0) {
-                int j = i == 6 ? 4 : (i == 5 ? 4 : i - 1);
-                if (t[c * 8 + j]) dur.push_back((x - t[c * 8 + j]) * 1e-3);
-            }
+            if (r.from >= 0 && t[c * N + r.from]) dur.push_back(((double)x - (double)t[c * N + r.from]) * 1e-3);
         }
-        std::fprintf(stderr, "  %-8s n=%5zu at p50 %7.1f p90 %7.1f max %7.1f us | since previous p50 %6.1f p90 %6.1f max %6.1f\n",
-                     names[i], at.size(), pct(at, 0.5), pct(at, 0.9), pct(at, 1.0), pct(dur, 0.5), pct(dur, 0.9), pct(dur, 1.0));
+        std::fprintf(stderr, "  %-9s n=%5zu at p50 %7.1f p90 %7.1f max %7.1f us | since previous p50 %6.1f p90 %6.1f max %6.1f\n",
+                     r.name, at.size(), pct(at, 0.5), pct(at, 0.9), pct(at, 1.0), pct(dur, 0.5), pct(dur, 0.9),
+                     pct(dur, 1.0));
+    }
+    // Per CTA (split, head, sequence order): pass time and whether its tokens cross a block edge.
+    for (size_t c = 0; c < ctas; ++c) {
+        const unsigned long long *x = &t[c * N];
+        if (!x[3] || !x[2]) continue;
+        std::fprintf(stderr, "#cta %zu queries %.1f pass %.1f coded %.1f raw %.1f\n", c, (x[2] - x[0]) * 1e-3, (x[3] - x[2]) * 1e-3,
+                    x[11] && x[2] ? ((double)x[11] - (double)x[2]) * 1e-3 : -1.0,
+                    x[12] && x[11] ? ((double)x[12] - (double)x[11]) * 1e-3 : -1.0);
     }
 }
 #endif
@@ -135,9 +153,11 @@ struct Shape {
     nq_rope_mode rope;
 };
 
-void run(const Shape &sh, cudaStream_t s, int reps, uint32_t force_splits, bool check, double copy_gbps) {
+void run(const Shape &sh, cudaStream_t s, int reps, uint32_t force_splits, bool check, double copy_gbps,
+         int key_centering) {
     nq_config cfg;
     nq_config_init(&cfg);
+    if (key_centering >= 0) cfg.key_centering = (uint32_t)key_centering;
     cfg.head_dim = kD;
     cfg.num_kv_heads = kH;
     cfg.num_q_heads = kHq;
@@ -307,9 +327,10 @@ void run(const Shape &sh, cudaStream_t s, int reps, uint32_t force_splits, bool 
     std::printf("{\"tokens\": %u, \"batch\": %u, \"q_heads\": %u, \"kv_heads\": %u, \"head_dim\": %u, "
                 "\"preset\": \"lossless\", \"rope\": \"%s\", \"block_tokens\": %u, \"bytes_read\": %zu, "
                 "\"splits\": %u, \"fused_us\": %.2f, \"call_us\": %.2f, \"copy_gbps\": %.1f, \"floor_us\": %.2f, "
-                "\"floor_fraction\": %.3f, \"max_rel_err\": %.3g}\n",
+                "\"floor_fraction\": %.3f, \"max_rel_err\": %.3g, \"key_centering\": %u}\n",
                 sh.tokens, sh.batch, kHq, kH, kD, sh.rope == NQ_ROPE_KEEP ? "keep" : "remove", bt, bytes_read,
-                call.num_splits, fused_us, call_ms * 1e3, copy_gbps, floor_us, floor_us / fused_us, max_rel);
+                call.num_splits, fused_us, call_ms * 1e3, copy_gbps, floor_us, floor_us / fused_us, max_rel,
+                cfg.key_centering);
     std::fflush(stdout);
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
@@ -330,12 +351,13 @@ int main(int argc, char **argv) {
     int reps = 50;
     uint32_t splits = 0;
     bool check = true;
-    int only = -1;
+    int only = -1, key_centering = -1;
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
         if (!std::strcmp(argv[i], "--splits") && i + 1 < argc) splits = (uint32_t)std::atoi(argv[++i]);
         if (!std::strcmp(argv[i], "--check") && i + 1 < argc) check = std::atoi(argv[++i]) != 0;
         if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) only = std::atoi(argv[++i]);
+        if (!std::strcmp(argv[i], "--key-centering") && i + 1 < argc) key_centering = std::atoi(argv[++i]);
     }
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
@@ -361,7 +383,7 @@ int main(int argc, char **argv) {
     const Shape shapes[] = {{131072, 1, NQ_ROPE_KEEP}, {32768, 8, NQ_ROPE_KEEP}, {4096, 1, NQ_ROPE_KEEP},
                             {131072, 1, NQ_ROPE_REMOVE}, {32768, 8, NQ_ROPE_REMOVE}, {4096, 1, NQ_ROPE_REMOVE}};
     for (int i = 0; i < 6; ++i)
-        if (only < 0 || only == i) run(shapes[i], s, reps, splits, check, copy_gbps);
+        if (only < 0 || only == i) run(shapes[i], s, reps, splits, check, copy_gbps, key_centering);
     cudaStreamDestroy(s);
     return 0;
 }
