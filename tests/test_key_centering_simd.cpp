@@ -117,14 +117,8 @@ struct Result {
     std::vector<uint8_t> image, k, v;
 };
 
-Result run(const Case &c, Input &in, nq_cpu_isa isa, uint32_t threads) {
-    Result r;
-    nq_config cfg = config(c, isa, threads);
-    nq_context *p = nullptr;
-    EXPECT_EQ(nq_context_create(&cfg, &p), NQ_OK) << nq_last_error();
-    Ctx ctx(p);
-    if (!ctx) return r;
-    r.isa = nq_context_cpu_isa(ctx.get());
+// The case's K/V as one contiguous item (the input's arrays, not copied).
+nq_kv_desc desc_of(const Case &c, Input &in) {
     nq_kv_desc d;
     nq_kv_desc_init(&d);
     d.dtype = c.dtype;
@@ -134,6 +128,18 @@ Result run(const Case &c, Input &in, nq_cpu_isa isa, uint32_t threads) {
     d.positions = in.pos.data();
     nq_layout_contiguous(&d.k_layout, c.tokens, c.head_dim);
     nq_layout_contiguous(&d.v_layout, c.tokens, c.head_dim);
+    return d;
+}
+
+Result run(const Case &c, Input &in, nq_cpu_isa isa, uint32_t threads) {
+    Result r;
+    nq_config cfg = config(c, isa, threads);
+    nq_context *p = nullptr;
+    EXPECT_EQ(nq_context_create(&cfg, &p), NQ_OK) << nq_last_error();
+    Ctx ctx(p);
+    if (!ctx) return r;
+    r.isa = nq_context_cpu_isa(ctx.get());
+    nq_kv_desc d = desc_of(c, in);
     nq_block *b = nullptr;
     EXPECT_EQ(nq_compress_kv(ctx.get(), &d, nullptr, nullptr, &b), NQ_OK) << nq_last_error();
     Block blk(b);
@@ -258,15 +264,7 @@ TEST(KeyCenteringSimd, NonFiniteKeyNamesTheRow) {
             nq_context *p = nullptr;
             ASSERT_EQ(nq_context_create(&cfg, &p), NQ_OK) << nq_last_error();
             Ctx ctx(p);
-            nq_kv_desc d;
-            nq_kv_desc_init(&d);
-            d.dtype = c.dtype;
-            d.num_tokens = c.tokens;
-            d.k = in.k.data();
-            d.v = in.v.data();
-            d.positions = in.pos.data();
-            nq_layout_contiguous(&d.k_layout, c.tokens, c.head_dim);
-            nq_layout_contiguous(&d.v_layout, c.tokens, c.head_dim);
+            nq_kv_desc d = desc_of(c, in);
             nq_block *b = nullptr;
             EXPECT_EQ(nq_compress_kv(ctx.get(), &d, nullptr, nullptr, &b), NQ_ERR_INVALID_ARGUMENT)
                 << nq_context_cpu_isa(ctx.get());

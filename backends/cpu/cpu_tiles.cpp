@@ -141,6 +141,32 @@ uint32_t super_batch(uint32_t nf, uint32_t W) {
     return s < 1 ? 1 : (s > 8 ? 8 : s);
 }
 
+// The key tile of head hd, coded slots [jc0, jc0 + n) of kept row r (sinks before them):
+// its rows (gathered into rowbuf when the layout strides dims), codec, bits, RoPE tables
+// tc. The encode and the key-mean pass build it alike, so both rotate the same rows.
+EncodeTile key_tile(const EncodeState &st, uint32_t hd, uint32_t r, uint32_t jc0, uint32_t n, const float *tc,
+                    float *work, char *rowbuf) {
+    const EncodeJob &job = *st.job;
+    const BlockHeader &h = *job.h;
+    const nq_kv_desc &kv = *job.kv;
+    const size_t es = elem_bytes(kv.dtype), table = (size_t)st.nf * st.W;
+    const int64_t ksd = layout_dim_stride(kv.k_layout);
+    const uint32_t D = st.D, j0 = st.s_end + jc0;
+    EncodeTile t{};
+    t.lanes = n;
+    t.head_dim = D;
+    t.codec = h.codec;
+    t.bits = h.k_bits;
+    t.alpha = st.k_alpha;
+    t.dtype = kv.dtype;
+    for (uint32_t w = 0; w < n; ++w)
+        t.rows[w] = gather_row(static_cast<const char *>(kv.k) + layout_offset(kv.k_layout, hd, token_of(job, r, j0 + w)) * (int64_t)es,
+                               es, ksd, D, rowbuf + w * D * es);
+    if (st.rope) t.rope = TileRope{tc, tc + table, h.rotary_dims, h.rope_pairing};
+    t.work = work;
+    return t;
+}
+
 void encode_task(void *vp, uint32_t task) {
     EncodeState &st = *static_cast<EncodeState *>(vp);
     if (st.failed.load(std::memory_order_relaxed)) return;
@@ -190,20 +216,9 @@ void encode_task(void *vp, uint32_t task) {
                 if (st.rope && !shared) make_tables(r, b, tc);
                 prefetch_ahead(hd, b, sb, se, h0, h1, b1, S, prefetch_tile);
                 const size_t c = (size_t)hd * g.coded + jc0;
-                EncodeTile t{};
-                t.lanes = n;
-                t.head_dim = D;
-                t.codec = h.codec;
-                t.bits = h.k_bits;
-                t.alpha = st.k_alpha;
-                t.dtype = kv.dtype;
-                for (uint32_t w = 0; w < n; ++w)
-                    t.rows[w] = gather_row(static_cast<const char *>(kv.k) + layout_offset(kv.k_layout, hd, token(r, j0 + w)) * (int64_t)es,
-                                           es, ksd, D, rowbuf + w * D * es);
-                if (st.rope) t.rope = TileRope{tc, tc + table, h.rotary_dims, h.rope_pairing};
+                EncodeTile t = key_tile(st, hd, r, jc0, n, tc, work, rowbuf);
                 t.scales = job.dst + g.offset[kSecKScales] + c * 2;
                 t.codes = job.dst + g.offset[kSecKCodes] + c * g.k_code_bytes;
-                t.work = work;
                 t.mean = st.centred ? mean : nullptr;
                 if (!st.kn->encode(t)) {
                     st.failed.store(true, std::memory_order_relaxed);
@@ -237,7 +252,6 @@ void key_mean_task(void *vp, uint32_t task) {
     EncodeState &st = *static_cast<EncodeState *>(vp);
     FpEnvGuard env;
     const EncodeJob &job = *st.job;
-    const BlockHeader &h = *job.h;
     const BlockGeometry &g = *job.g;
     const nq_kv_desc &kv = *job.kv;
     const uint32_t W = st.W, D = st.D;
@@ -265,23 +279,11 @@ void key_mean_task(void *vp, uint32_t task) {
         for (uint32_t hd = h0; hd < h1; ++hd) {
             const uint32_t r = shared ? 0 : hd;
             for (uint32_t b = sb; b < se; ++b) {
-                const uint32_t jc0 = b * W, n = min_u(W, st.coded - jc0), j0 = st.s_end + jc0;
+                const uint32_t jc0 = b * W, n = min_u(W, st.coded - jc0);
                 float *tc = tabs;
                 if (st.rope && shared) tc = tabs + (size_t)(b - sb) * 2 * table;
                 if (st.rope && !shared) encode_tables(st, r, b, tc);
-                EncodeTile t{};
-                t.lanes = n;
-                t.head_dim = D;
-                t.codec = h.codec;
-                t.bits = h.k_bits;
-                t.alpha = st.k_alpha;
-                t.dtype = kv.dtype;
-                for (uint32_t w = 0; w < n; ++w)
-                    t.rows[w] = gather_row(static_cast<const char *>(kv.k) +
-                                               layout_offset(kv.k_layout, hd, token_of(job, r, j0 + w)) * (int64_t)es,
-                                           es, ksd, D, rowbuf + w * D * es);
-                if (st.rope) t.rope = TileRope{tc, tc + table, h.rotary_dims, h.rope_pairing};
-                t.work = work;
+                const EncodeTile t = key_tile(st, hd, r, jc0, n, tc, work, rowbuf);
                 double *sum = sums + 2 * (size_t)(hd - h0) * DP, *run = sum + DP;
                 if (jc0 % kKeyMeanRun == 0)
                     for (uint32_t d = 0; d < DP; ++d) run[d] = 0.0;

@@ -358,7 +358,7 @@ template <int NDL, int QC, int FD, int KB, int VB>
 __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> &sm,
                                              WarpState<acc_width<NDL, FD>(), QC> &st,
                                              const BlockView &v, uint32_t h, uint32_t j0, uint32_t n, uint32_t seq,
-                                             uint32_t qc0, uint32_t warp, uint32_t lane) {
+                                             uint32_t qc0, uint32_t warp, uint32_t lane, const float (&kbias)[QC]) {
     const uint32_t D = FD ? (uint32_t)FD : P.D;
     const uint32_t kb = KB ? (uint32_t)KB : v.k_bits, vb = VB ? (uint32_t)VB : v.v_bits;
     const bool e8 = (KB && VB) ? true : v.codec == kCodecE8;
@@ -385,10 +385,8 @@ __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> 
         }
     }
 
-    float kbias[QC];
-    key_mean_bias<QC>(sm.qrot, v, h, D, lane, kbias);
-
-    // Logits of coded keys against the rotated query, one token per lane.
+    // Logits of coded keys against the rotated query, one token per lane (plus kbias, the
+    // block's key-mean offset per query).
     if (fast) {
         const uint8_t *kc = v.k_codes(h, slot);
         const float sk = bf16_to_f32(v.k_scales(h)[slot]);
@@ -1360,16 +1358,18 @@ __device__ NQ_ATTN_NOINLINE void cuda_core_pass(const AttnParams &P, Smem<NDL, Q
                 const BlockView v = BlockView::of(img);
                 const bool fast_bits = FD == 128 && v.codec == kCodecE8 && v.k_bits == 3 && v.v_bits == 2 &&
                                        ((uintptr_t)img & 15u) == 0;
+                float kbias[QC];  // logit offsets of a key-centred block, once per block
+                key_mean_bias<QC>(sm.qrot, v, kvh, D, lane, kbias);
                 for (uint64_t c0 = lo; c0 < hi; c0 += 32, ++chunk) {
                     if (chunk % kAttnWarps != warp) continue;
                     const uint32_t j0 = (uint32_t)(c0 - base), n = (uint32_t)std::min<uint64_t>(32, hi - c0);
                     if constexpr (FD == 128) {
                         if (fast_bits) {
-                            attend_chunk<NDL, QC, FD, 3, 2>(P, sm, st, v, kvh, j0, n, seq, qc0, warp, lane);
+                            attend_chunk<NDL, QC, FD, 3, 2>(P, sm, st, v, kvh, j0, n, seq, qc0, warp, lane, kbias);
                             continue;
                         }
                     }
-                    attend_chunk<NDL, QC, FD, 0, 0>(P, sm, st, v, kvh, j0, n, seq, qc0, warp, lane);
+                    attend_chunk<NDL, QC, FD, 0, 0>(P, sm, st, v, kvh, j0, n, seq, qc0, warp, lane, kbias);
                 }
             }
             base += kept;

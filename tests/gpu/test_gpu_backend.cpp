@@ -100,6 +100,17 @@ nq_config base_config(uint32_t D, uint32_t H, nq_preset preset) {
     return c;
 }
 
+// Host scores [H][T] given for eviction (token stride 1).
+nq_score_desc given_scores(const std::vector<float> &s, uint32_t T) {
+    nq_score_desc d;
+    nq_score_desc_init(&d);
+    d.kind = NQ_SCORES_GIVEN;
+    d.scores = s.data();
+    d.score_stride_head = T;
+    d.score_stride_token = 1;
+    return d;
+}
+
 // Compresses the same K/V on the CPU and the GPU, compares blocks, then decodes the CPU
 // block (copied to the device) on the GPU and on the CPU into poisoned outputs of the
 // same layout kind and compares every byte.
@@ -251,12 +262,7 @@ TEST(GpuEquivalenceExtra, GivenScoresHostAndDevice) {
     for (nq_evict_mode mode : {NQ_EVICT_PER_HEAD, NQ_EVICT_HEAD_SHARED, NQ_EVICT_PAGED}) {
         nq_config cfg = base_config(kDim, H, NQ_PRESET_BALANCED);
         cfg.evict_mode = mode;
-        nq_score_desc hs;
-        nq_score_desc_init(&hs);
-        hs.kind = NQ_SCORES_GIVEN;
-        hs.scores = s.data();
-        hs.score_stride_head = T;
-        hs.score_stride_token = 1;
+        const nq_score_desc hs = given_scores(s, T);
         nq_score_desc dsd = hs;
         dsd.memory = NQ_MEMORY_CUDA;
         dsd.scores = static_cast<const float *>(ds.p);
@@ -361,12 +367,7 @@ TEST(GpuKeyCentering, EvictedBlocks) {
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
     std::vector<float> s((size_t)H * T);
     for (auto &x : s) x = u(rng);
-    nq_score_desc hs;
-    nq_score_desc_init(&hs);
-    hs.kind = NQ_SCORES_GIVEN;
-    hs.scores = s.data();
-    hs.score_stride_head = T;
-    hs.score_stride_token = 1;
+    const nq_score_desc hs = given_scores(s, T);
     for (nq_evict_mode mode : {NQ_EVICT_PER_HEAD, NQ_EVICT_HEAD_SHARED, NQ_EVICT_PAGED}) {
         nq_config cfg = centred_config(kDim, H, NQ_PRESET_BALANCED);
         cfg.evict_mode = mode;
