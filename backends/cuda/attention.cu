@@ -100,7 +100,9 @@ struct AttnParams {
     uint32_t rot, pairing;  // the context's RoPE (blocks with RoPE removed)
     float rope_m;
     uint32_t mma;  // 1: head_dim 128 CTAs may take the tensor-core path
+    uint32_t rope_reg;  // 1: head_dim 128, every dim rotated: RoPE-removed keys decoded per lane in registers
     double inv_freq[kMaxFreq];
+    float freq_hi[64], freq_lo[64];  // inv_freq[i] = hi + lo (float pair) for the per-lane angle offsets
 };
 
 __device__ __forceinline__ uint16_t ld_u16(const uint8_t *p) {
@@ -299,7 +301,8 @@ template <int NDL, int QC> struct Smem {
     float qrot[QC * DMAX];              // H S q * scale / n (coded keys)
     float qorig[QC * DMAX];             // q * scale (raw and decoded keys)
     float pv[kAttnWarps][32 * QC];      // per warp: p (times s_v for coded tokens)
-    float row[kAttnWarps][DMAX];        // per warp: one key decoded with RoPE (mode REMOVE)
+    float row[kAttnWarps][DMAX];        // per warp: one key decoded with RoPE (mode REMOVE), or the block's mean
+    float rcs[NDL == 4 ? kAttnWarps : 1][128];  // per warp (head_dim 128, RoPE removed): cos, sin at the chunk's first position
     float cm[kAttnWarps][QC], cl[kAttnWarps][QC];
     alignas(16) float cacc[kAttnWarps][QC * DMAX];  // per warp: raw value sums, then all sums; then the merged output
     float fm[QC], fl[QC];
@@ -354,7 +357,140 @@ __device__ __forceinline__ void raw_values(float *racc, bool &has_raw, const Blo
 }
 
 // One chunk of up to 32 consecutive kept tokens [j0, j0 + n) of head h of a block.
-template <int NDL, int QC, int FD, int KB, int VB>
+// ---- Keys with RoPE removed, head_dim 128: one token per lane, in registers ----------
+// A RoPE-removed key is rebuilt as the model saw it: decoded in the rotated domain,
+// transformed back (Walsh-Hadamard, signs, 1/n), the block's mean added, then rotated by
+// RoPE at its own position. The warp-per-key path does this through shared memory with
+// a barrier per stage; here each lane rebuilds its own token's 128 dims in registers
+// (no barriers, no reductions), and the warp shares two per-chunk tables: the block's
+// mean transformed back, and cos/sin of the chunk's first position (float64-reduced).
+// A token's angle is that base plus (position - first position) * frequency, its cos and
+// sin from the angle-sum rule, so each lane pays two fast sincos of a small angle per pair.
+
+// hadamard_sign_negative's bits for dims 0..63 and 64..127 as constants, so the unrolled
+// loops below fold each sign into its instruction.
+constexpr uint64_t sign_word(uint64_t w) {
+    uint64_t z = 0x6e7175616e74ull + 0x9e3779b97f4a7c15ull * (w + 1u);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+constexpr uint64_t kSignLo = sign_word(0), kSignHi = sign_word(1);
+
+// Fills the warp's tables for chunk j0 of block v, head h.
+template <int NDL, int QC>
+__device__ __forceinline__ void removed_chunk_tables(const AttnParams &P, Smem<NDL, QC> &sm, const BlockView &v,
+                                                     uint32_t h, uint32_t j0, uint32_t warp, uint32_t lane) {
+    float *mrow = sm.row[warp];
+    const uint16_t *km = v.key_mean() ? v.k_mean(h) : nullptr;
+    for (uint32_t d = lane; d < 128; d += 32) mrow[d] = km ? f16_to_f32(km[d]) : 0.0f;
+    __syncwarp();
+    if (km) fwht_shared(mrow, 1, 128, 128, lane, 32, [] { __syncwarp(); });
+    for (uint32_t d = lane; d < 128; d += 32) {
+        const float y = mrow[d] * (1.0f / 128.0f);
+        mrow[d] = hadamard_sign_negative(d) ? -y : y;
+    }
+    const int64_t p0 = v.position(h, j0);
+    for (uint32_t i = lane; i < 64; i += 32) rope_cs(P, p0, i, &sm.rcs[warp][i], &sm.rcs[warp][64 + i]);
+    __syncwarp();
+}
+
+// x <- R(angle) x for the pairs of one pairing (IL: (2i, 2i+1), else (i, i + 64)), the
+// angle of pair i being base_i + delta * inv_freq[i]. rcs holds cos, sin of base_i (with
+// the RoPE attention factor).
+template <bool IL>
+__device__ __forceinline__ void rope_reg(const AttnParams &P, const float *rcs, float delta, float (&k)[128]) {
+    constexpr float kTwoPiHi = 6.28318548202514648f, kTwoPiLo = -1.7484555314695172e-07f;
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+        // delta * inv_freq with the product's rounding error kept (positions in a chunk can
+        // lie thousands apart after eviction), reduced by whole turns (Cody-Waite).
+        const float xa = P.freq_hi[i] * delta;
+        const float xe = fmaf(P.freq_hi[i], delta, -xa) + P.freq_lo[i] * delta;
+        const float turns = rintf(xa * 0.15915494309189535f);
+        const float r = fmaf(-turns, kTwoPiLo, fmaf(-turns, kTwoPiHi, xa)) + xe;
+        float sd, cd;
+        __sincosf(r, &sd, &cd);
+        const float c0 = rcs[i], s0 = rcs[64 + i];
+        const float c = c0 * cd - s0 * sd, s = s0 * cd + c0 * sd;
+        const int a = IL ? 2 * i : i, b = IL ? 2 * i + 1 : i + 64;
+        const float ka = k[a], kb = k[b];
+        k[a] = ka * c - kb * s;
+        k[b] = kb * c + ka * s;
+    }
+}
+
+// Logits of the lane's RoPE-removed coded key (codes kc, scale sk, at position pos)
+// against the pass's QC queries (qorig: q * scale, original domain).
+template <int NDL, int QC, int KB>
+__device__ __forceinline__ void removed_logits(const AttnParams &P, const Smem<NDL, QC> &sm, const uint8_t *kc,
+                                               float sk, uint32_t kb, bool e8, float delta, uint32_t warp,
+                                               float (&x)[QC]) {
+    float k[128];
+    if constexpr (KB == 3) {
+        uint32_t w[13];
+#pragma unroll
+        for (int q = 0; q < 3; ++q) {
+            const uint4 u = ld16(kc + 16 * q);
+            w[4 * q] = u.x;
+            w[4 * q + 1] = u.y;
+            w[4 * q + 2] = u.z;
+            w[4 * q + 3] = u.w;
+        }
+        w[12] = 0;
+#pragma unroll
+        for (int g = 0; g < 16; ++g) {
+            const int bit = 24 * g, wi = bit >> 5, off = bit & 31;
+            const uint32_t code = (uint32_t)(((((uint64_t)w[wi + 1]) << 32) | w[wi]) >> off);
+            float pt[8];
+            e8_point<3>(code, pt);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) k[8 * g + i] = pt[i];
+        }
+    } else {
+        const uint64_t pm = e8_parity_mask(kb);
+#pragma unroll
+        for (int g = 0; g < 16; ++g) {
+            const uint64_t code = load_group(kc, (uint32_t)g, kb);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) k[8 * g + i] = group_value(code, (uint32_t)i, kb, e8, pm);
+        }
+    }
+    // Back to the model's domain: H, signs and 1/n (with the scale), plus the mean.
+#pragma unroll
+    for (int hh = 1; hh < 128; hh <<= 1)
+#pragma unroll
+        for (int i = 0; i < 128; ++i)
+            if ((i & hh) == 0) {
+                const float a = k[i], b = k[i + hh];
+                k[i] = a + b;
+                k[i + hh] = a - b;
+            }
+    const float s = sk * (1.0f / 128.0f);
+    const float *mrow = sm.row[warp];
+#pragma unroll
+    for (int d = 0; d < 128; ++d) {
+        const bool neg = (((d < 64 ? kSignLo : kSignHi) >> (d & 63)) & 1u) != 0;
+        k[d] = fmaf(neg ? -k[d] : k[d], s, mrow[d]);
+    }
+    if (P.pairing == kPairInterleaved)
+        rope_reg<true>(P, sm.rcs[warp], delta, k);
+    else
+        rope_reg<false>(P, sm.rcs[warp], delta, k);
+#pragma unroll
+    for (int c = 0; c < QC; ++c) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int d = 0; d < 128; d += 4) {
+            const uint4 a = ld16(sm.qorig + c * 128 + d);
+            dot += __uint_as_float(a.x) * k[d] + __uint_as_float(a.y) * k[d + 1] + __uint_as_float(a.z) * k[d + 2] +
+                   __uint_as_float(a.w) * k[d + 3];
+        }
+        x[c] = dot;
+    }
+}
+
+template <int NDL, int QC, int FD, int KB, int VB, int RM>
 __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> &sm,
                                              WarpState<acc_width<NDL, FD>(), QC> &st,
                                              const BlockView &v, uint32_t h, uint32_t j0, uint32_t n, uint32_t seq,
@@ -469,8 +605,21 @@ __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> 
         }
     }
 
-    // Keys with RoPE removed: the warp decodes them one at a time.
-    uint32_t slow = warp_or(coded && removed ? 1u << lane : 0u);
+    // Keys with RoPE removed, head_dim 128 with every dim rotated: one per lane in
+    // registers (kernels built for it: RM). Else the warp decodes them one at a time.
+    bool reg_done = false;  // warp-uniform
+    if constexpr (FD == 128 && NDL == 4 && RM) {
+        if (removed && P.rope_reg) {
+            removed_chunk_tables<NDL, QC>(P, sm, v, h, j0, warp, lane);
+            if (coded) {
+                const float delta = (float)(v.position(h, j) - v.position(h, j0));
+                removed_logits<NDL, QC, KB>(P, sm, v.k_codes(h, slot), bf16_to_f32(v.k_scales(h)[slot]), kb, e8,
+                                            delta, warp, x);
+            }
+            reg_done = true;
+        }
+    }
+    uint32_t slow = warp_or(coded && removed && !reg_done ? 1u << lane : 0u);
     float *row = sm.row[warp];
     while (slow) {
         const uint32_t t = (uint32_t)__popc((slow & (0u - slow)) - 1u);
@@ -1327,7 +1476,7 @@ template <int QC> __device__ void mma_query_fragments(const AttnParams &P, Smem<
 // One pass of the CUDA-core path: leaves each warp's max, sum and rotated-domain value
 // sums in sm.cm / sm.cl / sm.cacc[warp]. Not inlined: the tensor-core path of the same
 // kernel keeps its own register allocation.
-template <int NDL, int QC, int FD>
+template <int NDL, int QC, int FD, int RM>
 __device__ NQ_ATTN_NOINLINE void cuda_core_pass(const AttnParams &P, Smem<NDL, QC> &sm, uint32_t seq, uint32_t kvh,
                                             uint32_t b0, uint32_t b1, uint64_t base0, uint64_t t_begin,
                                             uint64_t t_end, uint32_t qc0, uint32_t warp, uint32_t lane) {
@@ -1365,11 +1514,11 @@ __device__ NQ_ATTN_NOINLINE void cuda_core_pass(const AttnParams &P, Smem<NDL, Q
                     const uint32_t j0 = (uint32_t)(c0 - base), n = (uint32_t)std::min<uint64_t>(32, hi - c0);
                     if constexpr (FD == 128) {
                         if (fast_bits) {
-                            attend_chunk<NDL, QC, FD, 3, 2>(P, sm, st, v, kvh, j0, n, seq, qc0, warp, lane, kbias);
+                            attend_chunk<NDL, QC, FD, 3, 2, RM>(P, sm, st, v, kvh, j0, n, seq, qc0, warp, lane, kbias);
                             continue;
                         }
                     }
-                    attend_chunk<NDL, QC, FD, 0, 0>(P, sm, st, v, kvh, j0, n, seq, qc0, warp, lane, kbias);
+                    attend_chunk<NDL, QC, FD, 0, 0, RM>(P, sm, st, v, kvh, j0, n, seq, qc0, warp, lane, kbias);
                 }
             }
             base += kept;
@@ -1590,8 +1739,10 @@ __device__ __forceinline__ void mma_prefetch_first(const AttnParams &P, const Se
 }
 #endif
 
-template <int NDL, int QC, int FD>
-__global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kernel(const NQ_GRID_CONSTANT AttnParams P) {
+// RM: built for blocks with RoPE removed (head_dim 128): each lane holds a whole key in
+// registers, so two CTAs per multiprocessor (255 registers a thread); no tensor-core path.
+template <int NDL, int QC, int FD, int RM>
+__global__ void __launch_bounds__(kAttnThreads, (QC >= 8 || RM) ? 2 : 4) attention_kernel(const NQ_GRID_CONSTANT AttnParams P) {
     __shared__ Smem<NDL, QC> sm;
     NQ_TRACE(0);
     // Heads vary fastest in launch order, so a short sequence's working splits (the first
@@ -1609,7 +1760,7 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
     bool use_mma = false;  // CTA-uniform
 #if defined(NQ_ATTN_MMA)
     __shared__ float mma_misc[8 + 8 * kAttnWarps];  // 1 / query factor; per-warp rescale factors
-    if constexpr (NDL == 4 && FD == 128) use_mma = P.mma != 0 && P.nq <= (uint32_t)QC;
+    if constexpr (NDL == 4 && FD == 128 && !RM) use_mma = P.mma != 0 && P.nq <= (uint32_t)QC;
 #endif
     const SeqShare share = seq_share(P, b0, b1, split, kvh, tid, use_mma);
     NQ_TRACE(1);
@@ -1620,7 +1771,7 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
     // A split past eff holds no tokens (a short sequence): it only arrives at the counter
     // below (the merge reads eff splits), leaving the multiprocessor to the others.
 #if defined(NQ_ATTN_MMA)
-    if constexpr (NDL == 4 && FD == 128)
+    if constexpr (NDL == 4 && FD == 128 && !RM)
         if (use_mma && split < eff && share.b_first < b1) mma_prefetch_first(P, share, kvh, tid);
 #endif
     for (uint32_t qc0 = 0; split < eff && qc0 < P.nq; qc0 += QC) {
@@ -1645,7 +1796,7 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
 
         bool mma_done = false;
 #if defined(NQ_ATTN_MMA)
-        if constexpr (NDL == 4 && FD == 128) {
+        if constexpr (NDL == 4 && FD == 128 && !RM) {
             if (use_mma) {
                 for (uint32_t k = lane; k < QC * D; k += 32) sm.cacc[warp][k] = 0.0f;
                 if (warp == 0) mma_query_fragments<QC>(P, sm, mma_misc, lane);
@@ -1657,7 +1808,7 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
         }
 #endif
         if (!mma_done) {
-            cuda_core_pass<NDL, QC, FD>(P, sm, seq, kvh, share.b_first, b1, share.base, t_begin, t_end, qc0, warp, lane);
+            cuda_core_pass<NDL, QC, FD, RM>(P, sm, seq, kvh, share.b_first, b1, share.base, t_begin, t_end, qc0, warp, lane);
         }  // !mma_done
         NQ_TRACE(3);
         __syncthreads();
@@ -1772,7 +1923,9 @@ __global__ void __launch_bounds__(kAttnThreads, QC >= 8 ? 2 : 4) attention_kerne
 }
 
 template <int NDL, int QC, int FD> cudaError_t launch(const AttnParams &p, cudaStream_t stream) {
-    auto kern = attention_kernel<NDL, QC, FD>;
+    auto kern = attention_kernel<NDL, QC, FD, 0>;
+    if constexpr (NDL == 4 && FD == 128)
+        if (p.rope_reg) kern = attention_kernel<NDL, QC, FD, 1>;
     NQ_LAUNCH(kern, dim3(p.kv_heads, p.splits, p.num_seqs), dim3(kAttnThreads), stream, p);
     return cudaGetLastError();
 }
@@ -1822,6 +1975,15 @@ int sm_count(int device) {
 bool attention_mma_enabled() {
     static const bool on = [] {
         const char *e = std::getenv("NQ_ATTENTION_MMA");
+        return !(e && e[0] == '0');
+    }();
+    return on;
+}
+
+// NQ_ATTENTION_ROPE_REG=0 keeps RoPE-removed keys on the warp-per-key path (comparisons).
+bool attention_rope_reg_enabled() {
+    static const bool on = [] {
+        const char *e = std::getenv("NQ_ATTENTION_ROPE_REG");
         return !(e && e[0] == '0');
     }();
     return on;
@@ -1920,6 +2082,17 @@ nq_status gpu_attention(nq_context *ctx, const AttentionCall &call, void *worksp
     double mscale = 1.0;
     if (r.rotary_dims >= 2 && r.rotary_dims <= kMaxHeadDim) rope_inv_freq(r, 0, p.inv_freq, &mscale);
     p.rope_m = (float)mscale;
+    // Blocks made by a RoPE-removing context with every dim of head_dim 128 rotated take the
+    // kernel that rebuilds keys in registers (other blocks still attend correctly there).
+    if (ctx->cfg.rope.mode == NQ_ROPE_REMOVE && call.head_dim == 128 && r.rotary_dims == 128 &&
+        attention_rope_reg_enabled() &&
+        (r.pairing == kPairInterleaved || r.pairing == kPairSplitHalf)) {
+        p.rope_reg = 1;
+        for (uint32_t i = 0; i < 64; ++i) {
+            p.freq_hi[i] = (float)p.inv_freq[i];
+            p.freq_lo[i] = (float)(p.inv_freq[i] - (double)p.freq_hi[i]);
+        }
+    }
     // The tensor-core path rounds the operands to fp16 (the query in two parts, the
     // probabilities in one): for fp16/bf16 queries and outputs, not f32.
     p.mma = call.head_dim == 128 && call.dtype != NQ_DTYPE_F32 && attention_mma_enabled() ? 1u : 0u;

@@ -39,6 +39,9 @@ struct AttnCase {
     bool graph = false;      // second run: the call captured into a CUDA graph and replayed
     bool public_api = false; // through nq_attention_decode (validation, splits, dispatch) instead
     bool key_centering = false;  // blocks with a key mean (FORMAT.md 1.8); keys get a common offset
+    nq_rope_pairing pairing = NQ_ROPE_SPLIT_HALF;
+    uint32_t rotary_dims = 0;    // 0: all of head_dim
+    int64_t pos_base = 0;        // position of the first token of sequence 0
 };
 
 double bound_for(nq_dtype t) { return t == NQ_DTYPE_F32 ? 2e-5 : (t == NQ_DTYPE_BF16 ? 1.2e-2 : 2e-3); }
@@ -135,6 +138,8 @@ Result run_attention(const AttnCase &S, uint32_t seed, const std::string &what) 
     cfg.fp16_sinks = S.fp16_sinks;
     cfg.fp16_window = S.fp16_window;
     cfg.key_centering = S.key_centering ? 1u : 0u;
+    cfg.rope.pairing = S.pairing;
+    cfg.rope.rotary_dims = S.rotary_dims;
     nq_context *ctx = nullptr;
     EXPECT_EQ(nq_context_create(&cfg, &ctx), NQ_OK) << nq_last_error();
     if (!ctx) return res;
@@ -144,7 +149,7 @@ Result run_attention(const AttnCase &S, uint32_t seed, const std::string &what) 
     std::vector<uint32_t> indptr{0};
     std::vector<int64_t> last_pos(N, 0);
     for (uint32_t s = 0; s < N; ++s) {
-        int64_t start = 3 * s;
+        int64_t start = S.pos_base + 3 * s;
         for (uint32_t t : S.seqs[s]) {
             blocks[s].emplace_back();
             make_block(ctx, H, D, t, start, rng, blocks[s].back(),
@@ -468,6 +473,33 @@ TEST(GpuAttention, KeyCenteredBlocks) {
 #endif
         S.splits = 1 + 2 * (uint32_t)variant;
         check(S, 4200 + (uint32_t)variant, "key centering variant " + std::to_string(variant));
+    }
+}
+
+// Keys with RoPE removed at head_dim 128 (rebuilt per lane in registers when every dim
+// is rotated): both pairings, positions far from zero (angles of many turns), GQA 8,
+// eviction with other bit widths, key-centred blocks, and partial rotary (the warp path).
+TEST(GpuAttention, RopeRemovedPairingsPositions) {
+    NQT_REQUIRE_DEVICE();
+    for (int variant = 0; variant < 4; ++variant) {
+        AttnCase S;
+        S.D = 128;
+        S.rope = NQ_ROPE_REMOVE;
+        S.pairing = variant == 1 || variant == 3 ? NQ_ROPE_INTERLEAVED : NQ_ROPE_SPLIT_HALF;
+        S.rotary_dims = variant == 2 ? 64 : 0;
+        S.pos_base = variant == 0 ? 200000 : (variant == 1 ? 5000 : 70000);
+        S.group = variant == 1 ? 8 : 4;
+        S.preset = variant == 1 ? NQ_PRESET_BALANCED : NQ_PRESET_LOSSLESS;
+        S.dtype = variant == 3 ? NQ_DTYPE_BF16 : (variant == 1 ? NQ_DTYPE_F32 : NQ_DTYPE_F16);
+        S.key_centering = variant == 3;
+        S.masks = variant == 1;
+#if defined(NQ_GPU_SIM)
+        S.seqs = {{45, 30}, {50}};
+#else
+        S.seqs = {{600, 300, 200}, {900}, {128, 128}};
+#endif
+        S.splits = 1 + (uint32_t)variant;
+        check(S, 7300 + (uint32_t)variant, "rope removed variant " + std::to_string(variant));
     }
 }
 

@@ -162,6 +162,11 @@ inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 // Blocks run one after another on the host: a fence has nothing to order.
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+// The fast single-precision sincos (the device's is accurate to ~1e-6 on [-pi, pi]).
+inline void __sincosf(float x, float *s, float *c) {
+    *s = std::sin(x);
+    *c = std::cos(x);
+}
 inline float __uint_as_float(unsigned u) {
     float f;
     std::memcpy(&f, &u, 4);
