@@ -301,8 +301,8 @@ template <int NDL, int QC> struct Smem {
     float qrot[QC * DMAX];              // H S q * scale / n (coded keys)
     float qorig[QC * DMAX];             // q * scale (raw and decoded keys)
     float pv[kAttnWarps][32 * QC];      // per warp: p (times s_v for coded tokens)
-    float row[kAttnWarps][DMAX];        // per warp: one key decoded with RoPE (mode REMOVE), or the block's mean
-    float rcs[NDL == 4 ? kAttnWarps : 1][128];  // per warp (head_dim 128, RoPE removed): cos, sin at the chunk's first position
+    alignas(16) float row[kAttnWarps][DMAX];  // per warp: one key decoded with RoPE (mode REMOVE), or the block's mean
+    alignas(16) float rcs[NDL == 4 ? kAttnWarps : 1][128];  // per warp (head_dim 128, RoPE removed): (cos, sin) of each pair at the chunk's first position
     float cm[kAttnWarps][QC], cl[kAttnWarps][QC];
     alignas(16) float cacc[kAttnWarps][QC * DMAX];  // per warp: raw value sums, then all sums; then the merged output
     float fm[QC], fl[QC];
@@ -391,18 +391,26 @@ __device__ __forceinline__ void removed_chunk_tables(const AttnParams &P, Smem<N
         mrow[d] = hadamard_sign_negative(d) ? -y : y;
     }
     const int64_t p0 = v.position(h, j0);
-    for (uint32_t i = lane; i < 64; i += 32) rope_cs(P, p0, i, &sm.rcs[warp][i], &sm.rcs[warp][64 + i]);
+    for (uint32_t i = lane; i < 64; i += 32) rope_cs(P, p0, i, &sm.rcs[warp][2 * i], &sm.rcs[warp][2 * i + 1]);
     __syncwarp();
 }
 
 // x <- R(angle) x for the pairs of one pairing (IL: (2i, 2i+1), else (i, i + 64)), the
 // angle of pair i being base_i + delta * inv_freq[i]. rcs holds cos, sin of base_i (with
-// the RoPE attention factor).
+// the RoPE attention factor), pair by pair (16-byte loads: two pairs each).
 template <bool IL>
 __device__ __forceinline__ void rope_reg(const AttnParams &P, const float *rcs, float delta, float (&k)[128]) {
     constexpr float kTwoPiHi = 6.28318548202514648f, kTwoPiLo = -1.7484555314695172e-07f;
+    float base[4];
 #pragma unroll
     for (int i = 0; i < 64; ++i) {
+        if ((i & 1) == 0) {
+            const uint4 u = ld16(rcs + 2 * i);
+            base[0] = __uint_as_float(u.x);
+            base[1] = __uint_as_float(u.y);
+            base[2] = __uint_as_float(u.z);
+            base[3] = __uint_as_float(u.w);
+        }
         // delta * inv_freq with the product's rounding error kept (positions in a chunk can
         // lie thousands apart after eviction), reduced by whole turns (Cody-Waite).
         const float xa = P.freq_hi[i] * delta;
@@ -411,7 +419,7 @@ __device__ __forceinline__ void rope_reg(const AttnParams &P, const float *rcs, 
         const float r = fmaf(-turns, kTwoPiLo, fmaf(-turns, kTwoPiHi, xa)) + xe;
         float sd, cd;
         __sincosf(r, &sd, &cd);
-        const float c0 = rcs[i], s0 = rcs[64 + i];
+        const float c0 = base[2 * (i & 1)], s0 = base[2 * (i & 1) + 1];
         const float c = c0 * cd - s0 * sd, s = s0 * cd + c0 * sd;
         const int a = IL ? 2 * i : i, b = IL ? 2 * i + 1 : i + 64;
         const float ka = k[a], kb = k[b];
@@ -469,9 +477,15 @@ __device__ __forceinline__ void removed_logits(const AttnParams &P, const Smem<N
     const float s = sk * (1.0f / 128.0f);
     const float *mrow = sm.row[warp];
 #pragma unroll
-    for (int d = 0; d < 128; ++d) {
-        const bool neg = (((d < 64 ? kSignLo : kSignHi) >> (d & 63)) & 1u) != 0;
-        k[d] = fmaf(neg ? -k[d] : k[d], s, mrow[d]);
+    for (int d0 = 0; d0 < 128; d0 += 4) {
+        const uint4 u = ld16(mrow + d0);
+        const float m4[4] = {__uint_as_float(u.x), __uint_as_float(u.y), __uint_as_float(u.z), __uint_as_float(u.w)};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int d = d0 + e;
+            const bool neg = (((d < 64 ? kSignLo : kSignHi) >> (d & 63)) & 1u) != 0;
+            k[d] = fmaf(neg ? -k[d] : k[d], s, m4[e]);
+        }
     }
     if (P.pairing == kPairInterleaved)
         rope_reg<true>(P, sm.rcs[warp], delta, k);
@@ -1740,9 +1754,10 @@ __device__ __forceinline__ void mma_prefetch_first(const AttnParams &P, const Se
 #endif
 
 // RM: built for blocks with RoPE removed (head_dim 128): each lane holds a whole key in
-// registers, so two CTAs per multiprocessor (255 registers a thread); no tensor-core path.
+// registers, so two CTAs per multiprocessor (255 registers a thread; RM 3 or 4: that many
+// CTAs, with spills); no tensor-core path.
 template <int NDL, int QC, int FD, int RM>
-__global__ void __launch_bounds__(kAttnThreads, (QC >= 8 || RM) ? 2 : 4) attention_kernel(const NQ_GRID_CONSTANT AttnParams P) {
+__global__ void __launch_bounds__(kAttnThreads, RM >= 2 ? RM : ((QC >= 8 || RM == 1) ? 2 : 4)) attention_kernel(const NQ_GRID_CONSTANT AttnParams P) {
     __shared__ Smem<NDL, QC> sm;
     NQ_TRACE(0);
     // Heads vary fastest in launch order, so a short sequence's working splits (the first
@@ -1922,10 +1937,24 @@ __global__ void __launch_bounds__(kAttnThreads, (QC >= 8 || RM) ? 2 : 4) attenti
     NQ_TRACE(6);
 }
 
+// NQ_ATTENTION_ROPE_REG_CTAS=3|4: the register kernel built for 3 or 4 CTAs per
+// multiprocessor (170 or 128 registers, more spills) instead of 2 (comparisons).
+int attention_rope_reg_occupancy() {
+    static const int n = [] {
+        const char *e = std::getenv("NQ_ATTENTION_ROPE_REG_CTAS");
+        return e && (e[0] == '3' || e[0] == '4') ? e[0] - '0' : 2;
+    }();
+    return n;
+}
+
 template <int NDL, int QC, int FD> cudaError_t launch(const AttnParams &p, cudaStream_t stream) {
     auto kern = attention_kernel<NDL, QC, FD, 0>;
     if constexpr (NDL == 4 && FD == 128)
-        if (p.rope_reg) kern = attention_kernel<NDL, QC, FD, 1>;
+        if (p.rope_reg) {
+            const int ctas = attention_rope_reg_occupancy();
+            kern = ctas == 4 ? attention_kernel<NDL, QC, FD, 4>
+                             : (ctas == 3 ? attention_kernel<NDL, QC, FD, 3> : attention_kernel<NDL, QC, FD, 1>);
+        }
     NQ_LAUNCH(kern, dim3(p.kv_heads, p.splits, p.num_seqs), dim3(kAttnThreads), stream, p);
     return cudaGetLastError();
 }
