@@ -1754,10 +1754,10 @@ __device__ __forceinline__ void mma_prefetch_first(const AttnParams &P, const Se
 #endif
 
 // RM: built for blocks with RoPE removed (head_dim 128): each lane holds a whole key in
-// registers, so two CTAs per multiprocessor (255 registers a thread; RM 3 or 4: that many
-// CTAs, with spills); no tensor-core path.
+// registers, so two CTAs per multiprocessor (255 registers a thread; built for 3 or 4
+// with spills it ran 1.14-1.45x slower on an H200); no tensor-core path.
 template <int NDL, int QC, int FD, int RM>
-__global__ void __launch_bounds__(kAttnThreads, RM >= 2 ? RM : ((QC >= 8 || RM == 1) ? 2 : 4)) attention_kernel(const NQ_GRID_CONSTANT AttnParams P) {
+__global__ void __launch_bounds__(kAttnThreads, (QC >= 8 || RM) ? 2 : 4) attention_kernel(const NQ_GRID_CONSTANT AttnParams P) {
     __shared__ Smem<NDL, QC> sm;
     NQ_TRACE(0);
     // Heads vary fastest in launch order, so a short sequence's working splits (the first
@@ -1937,24 +1937,10 @@ __global__ void __launch_bounds__(kAttnThreads, RM >= 2 ? RM : ((QC >= 8 || RM =
     NQ_TRACE(6);
 }
 
-// NQ_ATTENTION_ROPE_REG_CTAS=3|4: the register kernel built for 3 or 4 CTAs per
-// multiprocessor (170 or 128 registers, more spills) instead of 2 (comparisons).
-int attention_rope_reg_occupancy() {
-    static const int n = [] {
-        const char *e = std::getenv("NQ_ATTENTION_ROPE_REG_CTAS");
-        return e && (e[0] == '3' || e[0] == '4') ? e[0] - '0' : 2;
-    }();
-    return n;
-}
-
 template <int NDL, int QC, int FD> cudaError_t launch(const AttnParams &p, cudaStream_t stream) {
     auto kern = attention_kernel<NDL, QC, FD, 0>;
     if constexpr (NDL == 4 && FD == 128)
-        if (p.rope_reg) {
-            const int ctas = attention_rope_reg_occupancy();
-            kern = ctas == 4 ? attention_kernel<NDL, QC, FD, 4>
-                             : (ctas == 3 ? attention_kernel<NDL, QC, FD, 3> : attention_kernel<NDL, QC, FD, 1>);
-        }
+        if (p.rope_reg) kern = attention_kernel<NDL, QC, FD, 1>;
     NQ_LAUNCH(kern, dim3(p.kv_heads, p.splits, p.num_seqs), dim3(kAttnThreads), stream, p);
     return cudaGetLastError();
 }
