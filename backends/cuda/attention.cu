@@ -356,7 +356,6 @@ __device__ __forceinline__ void raw_values(float *racc, bool &has_raw, const Blo
     }
 }
 
-// One chunk of up to 32 consecutive kept tokens [j0, j0 + n) of head h of a block.
 // ---- Keys with RoPE removed, head_dim 128: one token per lane, in registers ----------
 // A RoPE-removed key is rebuilt as the model saw it: decoded in the rotated domain,
 // transformed back (Walsh-Hadamard, signs, 1/n), the block's mean added, then rotated by
@@ -367,8 +366,9 @@ __device__ __forceinline__ void raw_values(float *racc, bool &has_raw, const Blo
 // A token's angle is that base plus (position - first position) * frequency, its cos and
 // sin from the angle-sum rule, so each lane pays two fast sincos of a small angle per pair.
 
-// hadamard_sign_negative's bits for dims 0..63 and 64..127 as constants, so the unrolled
-// loops below fold each sign into its instruction.
+// hadamard_sign_negative's bits for dims 0..63 and 64..127 as constants (the same
+// splitmix64 words, FORMAT.md 1.6), so the unrolled loops below fold each sign into its
+// instruction; a wrong bit fails the RoPE-removed attention tests.
 constexpr uint64_t sign_word(uint64_t w) {
     uint64_t z = 0x6e7175616e74ull + 0x9e3779b97f4a7c15ull * (w + 1u);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -428,8 +428,8 @@ __device__ __forceinline__ void rope_reg(const AttnParams &P, const float *rcs, 
     }
 }
 
-// Logits of the lane's RoPE-removed coded key (codes kc, scale sk, at position pos)
-// against the pass's QC queries (qorig: q * scale, original domain).
+// Logits of the lane's RoPE-removed coded key (codes kc, scale sk, delta positions after
+// the chunk's first) against the pass's QC queries (qorig: q * scale, original domain).
 template <int NDL, int QC, int KB>
 __device__ __forceinline__ void removed_logits(const AttnParams &P, const Smem<NDL, QC> &sm, const uint8_t *kc,
                                                float sk, uint32_t kb, bool e8, float delta, uint32_t warp,
@@ -504,6 +504,7 @@ __device__ __forceinline__ void removed_logits(const AttnParams &P, const Smem<N
     }
 }
 
+// One chunk of up to 32 consecutive kept tokens [j0, j0 + n) of head h of a block.
 template <int NDL, int QC, int FD, int KB, int VB, int RM>
 __device__ __forceinline__ void attend_chunk(const AttnParams &P, Smem<NDL, QC> &sm,
                                              WarpState<acc_width<NDL, FD>(), QC> &st,
